@@ -1,0 +1,31 @@
+"""coalesce: stop duplicate work.
+
+``@singleflight`` makes concurrent equal calls of a ``def`` or ``async def`` function
+share one execution and its outcome; with ``ttl=`` the result is also cached, and a
+cold or expired key still runs once, never once per caller.
+"""
+
+from __future__ import annotations
+
+from ._decorator import BoundSingleflightFunction as BoundSingleflightFunction
+from ._decorator import CacheInfo as CacheInfo
+from ._decorator import SingleflightFunction as SingleflightFunction
+from ._decorator import singleflight as singleflight
+from ._errors import ReentrantCallError as ReentrantCallError
+from ._errors import RemoteError as RemoteError
+from ._flight import AsyncGroup as AsyncGroup
+from ._flight import Group as Group
+
+__version__ = "0.1.0"
+
+__all__ = (
+    "AsyncGroup",
+    "BoundSingleflightFunction",
+    "CacheInfo",
+    "Group",
+    "ReentrantCallError",
+    "RemoteError",
+    "SingleflightFunction",
+    "__version__",
+    "singleflight",
+)

@@ -1,0 +1,561 @@
+"""``singleflight()``: decide once, run lean.
+
+At decoration time this picks sync or async, the store (none, the built-in TTL store
+or the user's mapping) and the key plan, then builds a wrapper specialised for that
+choice: the per-call path has no option checks left in it. A hit is one key, one
+dictionary lookup, one clock read and one counter step; everything else goes through
+the function's group (``Group`` or ``AsyncGroup``), which the decorator is built on.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import math
+import time as _time
+from collections.abc import Awaitable, Callable, Hashable, MutableMapping
+from typing import (
+    Any,
+    Concatenate,
+    Final,
+    Generic,
+    NamedTuple,
+    ParamSpec,
+    Protocol,
+    Self,
+    TypeVar,
+    overload,
+)
+
+from ._flight import AsyncGroup, Group, Stats
+from ._keys import KeyPlan, describe_unhashable, plan_key
+from ._store import MISSING, MappingStore, Store, TTLStore, TTLView
+
+__all__ = ("CacheInfo", "SingleflightFunction", "singleflight")
+
+P = ParamSpec("P")
+P2 = ParamSpec("P2")
+R = TypeVar("R")
+R_co = TypeVar("R_co", covariant=True)
+S = TypeVar("S")
+S_contra = TypeVar("S_contra", contravariant=True)
+
+
+class CacheInfo(NamedTuple):
+    """What ``cache_info()`` reports (S12)."""
+
+    hits: int
+    """Calls answered from the cache."""
+    misses: int
+    """Calls that were not: each started an execution or joined one."""
+    coalesced: int
+    """Misses that joined an execution already in flight."""
+    errors: int
+    """Executions that raised."""
+    in_flight: int
+    """Executions running now, in every thread and event loop."""
+    currsize: int
+    """Results kept now (0 without a cache)."""
+    maxsize: int | None
+    """The cache's bound (``None``: unbounded, or no cache)."""
+
+
+class _Default:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "1024"
+
+
+_DEFAULT_MAXSIZE: Final[Any] = _Default()
+
+
+class SingleflightFunction(Protocol[P, R_co]):
+    """The type of a function decorated with ``@singleflight``."""
+
+    @property
+    def __wrapped__(self) -> Callable[P, R_co]: ...
+    @property
+    def cache(self) -> MutableMapping[Any, Any] | None: ...
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R_co: ...
+    def cache_key(self, *args: P.args, **kwargs: P.kwargs) -> Hashable: ...
+    def cache_info(self) -> CacheInfo: ...
+    def cache_clear(self) -> None: ...
+    def invalidate(self, *args: P.args, **kwargs: P.kwargs) -> bool: ...
+    def forget(self, *args: P.args, **kwargs: P.kwargs) -> bool: ...
+
+    @overload
+    def __get__(self, instance: None, owner: type[Any] | None = None) -> Self: ...
+    @overload
+    def __get__(
+        self: SingleflightFunction[Concatenate[S, P2], R],
+        instance: S,
+        owner: type[Any] | None = None,
+    ) -> BoundSingleflightFunction[S, P2, R]: ...
+
+
+class BoundSingleflightFunction(Protocol, Generic[S_contra, P, R_co]):
+    """A decorated method, reached through an instance.
+
+    Calling it passes the instance as ``self``. Its helpers are the function's own and
+    take ``self`` explicitly, like every other argument of the key:
+    ``obj.method.invalidate(obj, 42)``.
+    """
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R_co: ...
+    def cache_key(self, instance: S_contra, /, *args: P.args, **kwargs: P.kwargs) -> Hashable: ...
+    def cache_info(self) -> CacheInfo: ...
+    def cache_clear(self) -> None: ...
+    def invalidate(self, instance: S_contra, /, *args: P.args, **kwargs: P.kwargs) -> bool: ...
+    def forget(self, instance: S_contra, /, *args: P.args, **kwargs: P.kwargs) -> bool: ...
+
+
+def _qualname(func: Callable[..., Any]) -> str:
+    return getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or repr(func)
+
+
+def _check_seconds(name: str, value: object, func_name: str | None = None) -> float:
+    where = f" of {func_name}()" if func_name else ""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(
+            f"{name}{where} must be a number of seconds (int or float), "
+            f"not {type(value).__name__} ({value!r})"
+        )
+    seconds = float(value)
+    if math.isnan(seconds) or math.isinf(seconds) or seconds <= 0:
+        raise ValueError(
+            f"{name}{where} must be a finite number of seconds greater than 0, not {value!r}"
+        )
+    return seconds
+
+
+def _is_async(func: Callable[..., Any]) -> bool:
+    if inspect.iscoroutinefunction(func):
+        return True
+    call = getattr(type(func), "__call__", None)  # noqa: B004 - the type's own __call__
+    return call is not None and not inspect.isfunction(func) and inspect.iscoroutinefunction(call)
+
+
+@overload
+def singleflight(
+    func: Callable[P, Awaitable[R]],
+    /,
+) -> SingleflightFunction[P, Awaitable[R]]: ...
+@overload
+def singleflight(func: Callable[P, R], /) -> SingleflightFunction[P, R]: ...
+@overload
+def singleflight(
+    func: None = None,
+    /,
+    *,
+    key: str | tuple[str, ...] | list[str] | Callable[..., Hashable] | None = None,
+    ttl: float | None = None,
+    maxsize: int | None = ...,
+    cache: MutableMapping[Any, Any] | None = None,
+    typed: bool = False,
+    backend: Any = None,
+    name: str | None = None,
+) -> _Decorator: ...
+def singleflight(
+    func: Callable[..., Any] | None = None,
+    /,
+    *,
+    key: str | tuple[str, ...] | list[str] | Callable[..., Hashable] | None = None,
+    ttl: float | None = None,
+    maxsize: int | None = _DEFAULT_MAXSIZE,
+    cache: MutableMapping[Any, Any] | None = None,
+    typed: bool = False,
+    backend: Any = None,
+    name: str | None = None,
+) -> Any:
+    """Share one execution of the decorated function among concurrent equal calls.
+
+    Works on ``def`` and ``async def`` functions, methods, ``classmethod`` and
+    ``staticmethod``. Use it bare (``@singleflight``) or with options
+    (``@singleflight(key="user_id", ttl=30)``).
+
+    :param key: what identifies a call: ``None`` for every argument (normalised),
+        a parameter name or a sequence of names, or a callable taking the function's
+        arguments and returning a hashable key.
+    :param ttl: seconds a result stays cached; ``None`` for coalescing only.
+    :param maxsize: bound of the built-in cache (default 1024; ``None``: unbounded).
+    :param cache: a ``MutableMapping`` (``dict``, any ``cachetools`` cache) to keep
+        results in instead of the built-in cache.
+    :param typed: as in :func:`functools.lru_cache`: ``f(1)`` and ``f(1.0)`` differ.
+    :param backend: a :class:`coalesce.redis.RedisBackend` to coordinate processes.
+    :param name: the function's name in the backend's keys (default: its qualified name).
+    """
+    options = _Options(key, ttl, maxsize, cache, typed, backend, name)
+    if func is None:
+        return _Decorator(options)
+    if not callable(func) and not isinstance(func, classmethod | staticmethod):
+        hint = f"; did you mean key={func!r}?" if isinstance(func, str | tuple) else ""
+        raise TypeError(
+            f"singleflight() decorates a function, not {type(func).__name__} ({func!r}){hint}"
+        )
+    return options.decorate(func)
+
+
+class _Options:
+    """The validated options of one ``singleflight(...)`` call."""
+
+    __slots__ = ("backend", "cache", "key", "maxsize", "name", "ttl", "typed")
+
+    def __init__(
+        self,
+        key: object,
+        ttl: object,
+        maxsize: object,
+        cache: object,
+        typed: object,
+        backend: object,
+        name: object,
+    ) -> None:
+        if ttl is not None:
+            ttl = _check_seconds("ttl", ttl)
+        if cache is not None:
+            if not isinstance(cache, MutableMapping):
+                raise TypeError(
+                    f"cache must be a MutableMapping (a dict, a cachetools cache, ...), "
+                    f"not {type(cache).__name__}"
+                )
+            if ttl is not None:
+                raise TypeError(
+                    "pass either ttl= (the built-in TTL cache) or cache= (your own "
+                    "mapping), not both; for a TTL with your own mapping use "
+                    "cache=cachetools.TTLCache(maxsize, ttl)"
+                )
+            if maxsize is not _DEFAULT_MAXSIZE:
+                raise TypeError(
+                    "maxsize= sizes the built-in cache and cannot apply to cache=; "
+                    "bound your mapping itself (e.g. cachetools.LRUCache(maxsize))"
+                )
+        if maxsize is _DEFAULT_MAXSIZE:
+            maxsize = 1024
+        elif maxsize is not None:
+            if isinstance(maxsize, bool) or not isinstance(maxsize, int):
+                raise TypeError(
+                    f"maxsize must be a positive int or None (unbounded), "
+                    f"not {type(maxsize).__name__} ({maxsize!r})"
+                )
+            if maxsize < 1:
+                raise ValueError(
+                    f"maxsize must be at least 1 (or None for unbounded), not {maxsize}; "
+                    "to cache nothing, leave out ttl="
+                )
+        if name is not None and (not isinstance(name, str) or not name):
+            raise TypeError(f"name must be a non-empty str, not {name!r}")
+        if backend is not None:
+            if cache is not None:
+                raise TypeError("pass either backend= or cache=, not both")
+            if ttl is None:
+                raise TypeError(
+                    "backend= keeps results in the backend for ttl seconds: pass ttl= too"
+                )
+            if not callable(getattr(backend, "bind", None)):
+                raise TypeError(
+                    f"backend must be a coalesce backend such as "
+                    f"coalesce.redis.RedisBackend, not {type(backend).__name__}"
+                )
+        elif name is not None:
+            raise TypeError("name= names the function in a backend's keys: pass backend= too")
+        self.key = key
+        self.ttl: float | None = ttl
+        self.maxsize: int | None = maxsize
+        self.cache: MutableMapping[Any, Any] | None = cache
+        self.typed = typed
+        self.backend: Any = backend
+        self.name: str | None = name
+
+    def decorate(self, func: Any) -> Any:
+        if isinstance(func, classmethod | staticmethod):
+            return type(func)(self.decorate(func.__func__))
+        if not callable(func):
+            raise TypeError(f"singleflight() decorates a function, not {type(func).__name__}")
+        if inspect.isgeneratorfunction(func) or inspect.isasyncgenfunction(func):
+            raise TypeError(
+                f"singleflight() cannot decorate the generator function {_qualname(func)}(): "
+                "its callers would share one iterator; decorate a function that returns "
+                "a list (or other value) instead"
+            )
+        return _build(func, self)
+
+
+class _Decorator:
+    """What ``singleflight(...)`` with options returns: apply it to a function."""
+
+    __slots__ = ("_options",)
+
+    def __init__(self, options: _Options) -> None:
+        self._options = options
+
+    @overload
+    def __call__(
+        self, func: Callable[P, Awaitable[R]], /
+    ) -> SingleflightFunction[P, Awaitable[R]]: ...
+    @overload
+    def __call__(self, func: Callable[P, R], /) -> SingleflightFunction[P, R]: ...
+    def __call__(self, func: Callable[..., Any], /) -> Any:
+        return self._options.decorate(func)
+
+    def __repr__(self) -> str:
+        return "<singleflight decorator>"
+
+
+def _build(func: Callable[..., Any], options: _Options) -> Any:
+    is_async = _is_async(func)
+    plan = plan_key(func, options.key, options.typed)  # type: ignore[arg-type]
+    group: Group | AsyncGroup = AsyncGroup() if is_async else Group()
+
+    def describe(key: object, args: tuple[Any, ...], kwargs: dict[str, Any]) -> TypeError:
+        return describe_unhashable(func, plan, key, args, kwargs)
+
+    group._describe = describe
+
+    store: Store | None
+    run: Callable[..., Any] = func
+    keyed = False
+    if options.backend is not None:
+        bound = options.backend.bind(
+            func, name=options.name or _qualname(func), ttl=options.ttl, is_async=is_async
+        )
+        local_ttl = getattr(options.backend, "local_ttl", None)
+        store = TTLStore(local_ttl, options.maxsize) if local_ttl else None
+        run = _through_backend(func, bound, is_async)
+        keyed = True
+    elif options.cache is not None:
+        store = MappingStore(options.cache)
+    elif options.ttl is not None:
+        store = TTLStore(options.ttl, options.maxsize)
+    else:
+        store = None
+
+    build = _async_wrapper if is_async else _sync_wrapper
+    wrapper = build(run, keyed, plan, group, store, describe)  # type: ignore[arg-type]
+    functools.update_wrapper(wrapper, func)
+    _attach(wrapper, plan, group, store, describe)
+    return wrapper
+
+
+def _through_backend(func: Callable[..., Any], bound: Any, is_async: bool) -> Callable[..., Any]:
+    """The execution when a backend coordinates processes: it goes through ``bound``."""
+    if is_async:
+
+        async def run_async(key: Hashable, *args: Any, **kwargs: Any) -> Any:
+            return await bound.acall(key, functools.partial(func, *args, **kwargs))
+
+        return run_async
+
+    def run(key: Hashable, *args: Any, **kwargs: Any) -> Any:
+        return bound.call(key, functools.partial(func, *args, **kwargs))
+
+    return run
+
+
+_Describe = Callable[[object, tuple[Any, ...], dict[str, Any]], TypeError]
+
+
+def _sync_wrapper(
+    func: Callable[..., Any],
+    keyed: bool,
+    plan: KeyPlan,
+    group: Group,
+    store: Store | None,
+    describe: _Describe,
+) -> Callable[..., Any]:
+    n = plan.fast_nargs
+    make_key = plan.make
+    call = group._call
+    hit = group._stats.hits.__next__
+
+    if keyed:
+
+        def miss(key: Hashable, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            return call(key, func, (key, *args), kwargs, store)[0]
+
+    else:
+
+        def miss(key: Hashable, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            return call(key, func, args, kwargs, store)[0]
+
+    if store is None:
+
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            key = args if not kwargs and len(args) == n else make_key(args, kwargs)
+            return miss(key, args, kwargs)
+
+    elif isinstance(store, TTLStore):
+        get = store.data.get
+
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            key = args if not kwargs and len(args) == n else make_key(args, kwargs)
+            try:
+                entry = get(key)
+            except TypeError:
+                raise describe(key, args, kwargs) from None
+            if entry is not None and entry[1] > _time.monotonic():
+                hit()
+                return entry[0]
+            return miss(key, args, kwargs)
+
+    else:
+        mapping = store.mapping
+        guard = store.guard
+
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            key = args if not kwargs and len(args) == n else make_key(args, kwargs)
+            lock = guard.lock
+            lock.acquire()
+            try:
+                value = mapping[key]
+            except KeyError:
+                value = MISSING
+            except TypeError:
+                raise describe(key, args, kwargs) from None
+            finally:
+                lock.release()
+            if value is MISSING:
+                return miss(key, args, kwargs)
+            hit()
+            return value
+
+    return wrapper
+
+
+def _async_wrapper(
+    func: Callable[..., Awaitable[Any]],
+    keyed: bool,
+    plan: KeyPlan,
+    group: AsyncGroup,
+    store: Store | None,
+    describe: _Describe,
+) -> Callable[..., Awaitable[Any]]:
+    n = plan.fast_nargs
+    make_key = plan.make
+    call = group._call
+    hit = group._stats.hits.__next__
+
+    if keyed:
+
+        async def miss(key: Hashable, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            return (await call(key, func, (key, *args), kwargs, store))[0]
+
+    else:
+
+        async def miss(key: Hashable, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            return (await call(key, func, args, kwargs, store))[0]
+
+    if store is None:
+
+        async def wrapper(*args: Any, **kwargs: Any) -> Any:
+            key = args if not kwargs and len(args) == n else make_key(args, kwargs)
+            return await miss(key, args, kwargs)
+
+    elif isinstance(store, TTLStore):
+        get = store.data.get
+
+        async def wrapper(*args: Any, **kwargs: Any) -> Any:
+            key = args if not kwargs and len(args) == n else make_key(args, kwargs)
+            try:
+                entry = get(key)
+            except TypeError:
+                raise describe(key, args, kwargs) from None
+            if entry is not None and entry[1] > _time.monotonic():
+                hit()
+                return entry[0]
+            return await miss(key, args, kwargs)
+
+    else:
+        mapping = store.mapping
+        guard = store.guard
+
+        async def wrapper(*args: Any, **kwargs: Any) -> Any:
+            key = args if not kwargs and len(args) == n else make_key(args, kwargs)
+            lock = guard.lock
+            lock.acquire()
+            try:
+                value = mapping[key]
+            except KeyError:
+                value = MISSING
+            except TypeError:
+                raise describe(key, args, kwargs) from None
+            finally:
+                lock.release()
+            if value is MISSING:
+                return await miss(key, args, kwargs)
+            hit()
+            return value
+
+    return wrapper
+
+
+def _attach(
+    wrapper: Any,
+    plan: KeyPlan,
+    group: Group | AsyncGroup,
+    store: Store | None,
+    describe: _Describe,
+) -> None:
+    """Give the wrapper its helpers: ``cache``, ``cache_key()``, ``cache_info()``, ..."""
+    n = plan.fast_nargs
+    make_key = plan.make
+    stats: Stats = group._stats
+
+    def cache_key(*args: Any, **kwargs: Any) -> Hashable:
+        """The key these arguments map to."""
+        return args if not kwargs and len(args) == n else make_key(args, kwargs)
+
+    def checked_key(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Hashable:
+        key = cache_key(*args, **kwargs)
+        try:
+            hash(key)
+        except TypeError:
+            raise describe(key, args, kwargs) from None
+        return key
+
+    def cache_info() -> CacheInfo:
+        """Counters and sizes: hits, misses, coalesced, errors, in_flight, currsize, maxsize."""
+        hits, misses, coalesced, errors, in_flight = stats.snapshot()
+        if store is None:
+            return CacheInfo(hits, misses, coalesced, errors, in_flight, 0, None)
+        return CacheInfo(
+            hits, misses, coalesced, errors, in_flight, store.currsize(), store.maxsize_info()
+        )
+
+    def cache_clear() -> None:
+        """Empty the cache and reset the counters; executions in flight store nothing."""
+        group._discard_all()
+        if store is not None:
+            store.clear()
+        stats.reset()
+
+    def invalidate(*args: Any, **kwargs: Any) -> bool:
+        """Drop the cached result for these arguments; ``True`` if a live one was dropped.
+
+        An execution of that key already in flight still answers its callers, but
+        does not store its (possibly stale) result.
+        """
+        key = checked_key(args, kwargs)
+        group._discard(key)
+        return store.invalidate(key) if store is not None else False
+
+    def forget(*args: Any, **kwargs: Any) -> bool:
+        """Later callers start a new execution instead of joining the one in flight.
+
+        ``True`` if one was in flight. The forgotten execution still answers the
+        callers that joined it, and does not store its result.
+        """
+        return group.forget(checked_key(args, kwargs))
+
+    if isinstance(store, MappingStore):
+        wrapper.cache = store.mapping
+    elif isinstance(store, TTLStore):
+        wrapper.cache = TTLView(store)
+    else:
+        wrapper.cache = None
+    wrapper.cache_key = cache_key
+    wrapper.cache_info = cache_info
+    wrapper.cache_clear = cache_clear
+    wrapper.invalidate = invalidate
+    wrapper.forget = forget

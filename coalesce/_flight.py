@@ -1,0 +1,607 @@
+"""The in-flight registry: one execution per key at a time (S1-S3, S7-S10, S12, S14).
+
+``Group`` (threads) and ``AsyncGroup`` (asyncio) share one shape: a registry of
+flights by key, joined or started under a short critical section; a leader that runs
+the function, stores the result before it leaves the registry (S3, no gap) and then
+hands the outcome to the callers that joined. They differ only in how callers wait:
+a thread blocks on its flight's own lock (so a key's completion wakes only that
+key's waiters, P4); a task awaits its own future (so cancelling one caller never
+touches the others, S7).
+
+Both also serve the decorator: given a store, a caller that finds no flight looks in
+the store once more inside the critical section (a result may have landed since its
+lock-free miss), and the leader saves into it before the flight is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import itertools
+import sys
+import threading
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Hashable
+from typing import Any, Final, ParamSpec, TypeVar
+
+from ._errors import ReentrantCallError
+from ._fork import at_fork
+from ._store import MISSING, Store
+
+__all__ = ("AsyncGroup", "Group", "Stats")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+# Flight states.
+_RUNNING: Final = 0
+_DONE: Final = 1
+_FAILED: Final = 2
+_HANDOFF: Final = 3  # the leader aborted (S8): the first waiter to wake runs it again
+_CANCELLED: Final = 4
+_ABANDONED: Final = 5  # aborted with nobody waiting
+
+
+def _count(counter: itertools.count[int]) -> int:
+    """Read an ``itertools.count`` without advancing it."""
+    return int(repr(counter)[6:-1])
+
+
+class Stats:
+    """Exact counters shared by a group and the decorator built on it (S12).
+
+    ``next()`` on an ``itertools.count`` is one atomic step, so counting needs no lock.
+    ``cache_clear()`` resets by remembering a baseline, so nothing on the hot path
+    ever has to be swapped.
+    """
+
+    __slots__ = ("_base", "coalesced", "ended", "errors", "hits", "misses", "started")
+
+    def __init__(self) -> None:
+        self.hits = itertools.count()
+        self.misses = itertools.count()
+        self.coalesced = itertools.count()
+        self.errors = itertools.count()
+        self.started = itertools.count()
+        self.ended = itertools.count()
+        self._base = (0, 0, 0, 0)
+
+    def snapshot(self) -> tuple[int, int, int, int, int]:
+        """``(hits, misses, coalesced, errors, in_flight)`` since the last reset."""
+        base = self._base
+        ended = _count(self.ended)
+        return (
+            _count(self.hits) - base[0],
+            _count(self.misses) - base[1],
+            _count(self.coalesced) - base[2],
+            _count(self.errors) - base[3],
+            _count(self.started) - ended,
+        )
+
+    def reset(self) -> None:
+        self._base = (
+            _count(self.hits),
+            _count(self.misses),
+            _count(self.coalesced),
+            _count(self.errors),
+        )
+
+
+def _no_describe(key: object, args: tuple[Any, ...], kwargs: dict[str, Any]) -> TypeError:
+    return TypeError(f"unhashable key {key!r}: keys must be hashable")
+
+
+Describe = Callable[[object, tuple[Any, ...], dict[str, Any]], TypeError]
+
+
+# --------------------------------------------------------------------------- threads
+
+
+class _Flight:
+    """One execution of one key, and the callers waiting for it (threads)."""
+
+    __slots__ = ("discard", "lock", "owner", "state", "takers", "value", "waiting")
+
+    def __init__(self, owner: int) -> None:
+        self.lock = threading.Lock()
+        self.lock.acquire()  # held while running; waiters block on it
+        self.owner = owner  # thread running it, for S9
+        self.state = _RUNNING
+        self.value: Any = None  # the result, or the exception when FAILED
+        self.waiting = 0  # callers blocked on the lock right now
+        self.takers = 1  # callers that will receive this outcome
+        self.discard = False  # do not store the result (forgotten or invalidated)
+
+
+class Group:
+    """Go's ``singleflight.Group`` for threads: one execution per key at a time.
+
+    >>> group = Group()
+    >>> group.do("answer", lambda: 42)
+    42
+    """
+
+    __slots__ = ("__weakref__", "_describe", "_flights", "_lock", "_stats")
+
+    def __init__(self) -> None:
+        self._flights: dict[Hashable, _Flight] = {}
+        self._lock = threading.Lock()
+        self._stats = Stats()
+        self._describe: Describe = _no_describe
+        at_fork(self)
+
+    def __repr__(self) -> str:
+        return f"<Group in_flight={len(self._flights)}>"
+
+    def _after_fork(self) -> None:
+        self._flights = {}
+        self._lock = threading.Lock()
+
+    def do(self, key: Hashable, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run ``fn(*args, **kwargs)`` unless a call for ``key`` is running; share its outcome."""
+        result: R = self._call(key, fn, args, kwargs, None)[0]
+        return result
+
+    def do_shared(
+        self, key: Hashable, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs
+    ) -> tuple[R, bool]:
+        """As :meth:`do`, also telling whether the outcome went to more than one caller."""
+        value, flight = self._call(key, fn, args, kwargs, None)
+        return value, flight is not None and flight.takers > 1
+
+    def forget(self, key: Hashable) -> bool:
+        """Let later callers of ``key`` start a new execution instead of joining this one."""
+        with self._lock:
+            flight = self._flights.pop(key, None)
+            if flight is not None:
+                flight.discard = True
+        return flight is not None
+
+    def _discard(self, key: Hashable) -> None:
+        """Keep the execution in flight for ``key`` from storing its result."""
+        with self._lock:
+            flight = self._flights.get(key)
+            if flight is not None:
+                flight.discard = True
+
+    def _discard_all(self) -> None:
+        with self._lock:
+            for flight in self._flights.values():
+                flight.discard = True
+
+    def __contains__(self, key: object) -> bool:
+        try:
+            return key in self._flights
+        except TypeError:
+            return False
+
+    def __len__(self) -> int:
+        return len(self._flights)
+
+    def _call(
+        self,
+        key: Hashable,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        store: Store | None,
+    ) -> tuple[Any, _Flight | None]:
+        """Join the flight for ``key`` or lead a new one; ``(value, flight)``.
+
+        ``flight`` is ``None`` when the value came from ``store`` (a hit).
+        """
+        stats = self._stats
+        me = threading.get_ident()
+        lock = self._lock
+        lock.acquire()
+        try:
+            try:
+                flight = self._flights.get(key)
+            except TypeError:
+                raise self._describe(key, args, kwargs) from None
+            if flight is None:
+                if store is not None:
+                    value = store.lookup(key)
+                    if value is not MISSING:
+                        next(stats.hits)
+                        return value, None
+                flight = self._flights[key] = _Flight(me)
+                leader = True
+            elif flight.owner == me:
+                raise ReentrantCallError(
+                    f"this call of key {key!r} would wait on an execution of the same key "
+                    "that its own thread is running, which would deadlock"
+                )
+            else:
+                flight.waiting += 1
+                flight.takers += 1
+                leader = False
+        finally:
+            lock.release()
+        next(stats.misses)
+        if leader:
+            next(stats.started)
+            return self._lead(key, flight, fn, args, kwargs, store), flight
+        next(stats.coalesced)
+        return self._wait(key, flight, fn, args, kwargs, store), flight
+
+    def _lead(
+        self,
+        key: Hashable,
+        flight: _Flight,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        store: Store | None,
+    ) -> Any:
+        try:
+            value = fn(*args, **kwargs)
+            if store is not None and not flight.discard:
+                store.save(key, value)  # before the flight is gone: S3
+        except Exception as exc:
+            next(self._stats.errors)
+            flight.value = exc
+            flight.state = _FAILED
+            self._land(key, flight)
+            raise
+        except BaseException:
+            self._abort(key, flight)
+            raise
+        flight.value = value
+        flight.state = _DONE
+        self._land(key, flight)
+        return value
+
+    def _land(self, key: Hashable, flight: _Flight) -> None:
+        with self._lock:
+            if self._flights.get(key) is flight:
+                del self._flights[key]
+        next(self._stats.ended)
+        flight.lock.release()  # wakes this key's first waiter, which wakes the next
+
+    def _abort(self, key: Hashable, flight: _Flight) -> None:
+        """S8: the leader ended with a BaseException; hand the run to a waiter."""
+        next(self._stats.errors)
+        with self._lock:
+            flight.takers -= 1  # the aborted caller gets its own exception
+            if flight.waiting:
+                flight.state = _HANDOFF
+                flight.owner = 0
+            else:
+                flight.state = _ABANDONED
+                if self._flights.get(key) is flight:
+                    del self._flights[key]
+        next(self._stats.ended)
+        flight.lock.release()
+
+    def _wait(
+        self,
+        key: Hashable,
+        flight: _Flight,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        store: Store | None,
+    ) -> Any:
+        flight.lock.acquire()
+        with self._lock:
+            flight.waiting -= 1
+            state = flight.state
+            if state == _HANDOFF:
+                # We hold the flight's lock now: we are its leader.
+                flight.state = _RUNNING
+                flight.owner = threading.get_ident()
+        if state == _HANDOFF:
+            next(self._stats.started)
+            return self._lead(key, flight, fn, args, kwargs, store)
+        flight.lock.release()  # pass the wake-up on to the next waiter
+        if state == _FAILED:
+            raise flight.value
+        return flight.value
+
+
+# --------------------------------------------------------------------------- asyncio
+
+_Task = asyncio.Task
+_current_task = asyncio.current_task
+_get_running_loop = asyncio.get_running_loop
+
+
+if sys.version_info >= (3, 12):
+
+    def _start(
+        loop: asyncio.AbstractEventLoop,
+        coro: Coroutine[Any, Any, None],
+        context: contextvars.Context,
+    ) -> asyncio.Task[None] | None:
+        """Run ``coro``'s first step now (an eager task); ``None`` if it finished."""
+        task = _Task(coro, loop=loop, context=context, eager_start=True)
+        return None if task.done() else task
+
+else:  # pragma: no cover - exercised on 3.11 only
+    import types
+
+    _enter_task = asyncio.tasks._enter_task
+    _leave_task = asyncio.tasks._leave_task
+
+    @types.coroutine
+    def _resume(coro: Coroutine[Any, Any, None], yielded: Any) -> Generator[Any, Any, None]:
+        """Drive ``coro`` on from where its eager first step stopped at ``yielded``."""
+        while True:
+            try:
+                sent = yield yielded
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as exc:
+                try:
+                    yielded = coro.throw(exc)
+                except StopIteration:
+                    return
+            else:
+                try:
+                    yielded = coro.send(sent)
+                except StopIteration:
+                    return
+
+    def _start(
+        loop: asyncio.AbstractEventLoop,
+        coro: Coroutine[Any, Any, None],
+        context: contextvars.Context,
+    ) -> asyncio.Task[None] | None:
+        """Emulate 3.12's eager tasks: run the first step now, in the task's identity.
+
+        A Task object is made but not initialised, and is the current task while the
+        first step runs, as an eager task would be (so ``asyncio.timeout`` or a
+        ``TaskGroup`` entered there belongs to the execution, not to the caller).
+        Only if the step suspends is the task initialised, to drive the rest; a call
+        that never suspends costs no task scheduling at all.
+        """
+        task: asyncio.Task[None] = _Task.__new__(_Task)  # type: ignore[arg-type]
+        caller = _current_task(loop)
+        if caller is not None:
+            _leave_task(loop, caller)
+        _enter_task(loop, task)
+        try:
+            yielded = context.run(coro.send, None)
+        except StopIteration:
+            return None
+        finally:
+            _leave_task(loop, task)
+            if caller is not None:
+                _enter_task(loop, caller)
+        cancel_requested = task._must_cancel  # type: ignore[attr-defined]
+        _Task.__init__(task, _resume(coro, yielded), loop=loop, context=context)
+        if cancel_requested:
+            task.cancel()
+        return task
+
+
+class _AsyncFlight:
+    """One execution of one key in one event loop, and the futures of its callers."""
+
+    __slots__ = ("discard", "state", "takers", "task", "value", "waiters")
+
+    def __init__(self) -> None:
+        self.task: asyncio.Task[None] | None = None
+        self.state = _RUNNING
+        self.value: Any = None
+        self.waiters: dict[asyncio.Future[Any], None] = {}
+        self.takers = 1
+        self.discard = False
+
+
+class AsyncGroup:
+    """Go's ``singleflight.Group`` for asyncio: one execution per key at a time.
+
+    The execution runs apart from its callers, in a copy of the first caller's
+    context (S7); a flight belongs to one event loop, and callers in another loop
+    get flights of their own (S10).
+    """
+
+    __slots__ = ("__weakref__", "_describe", "_loops", "_stats")
+
+    def __init__(self) -> None:
+        self._loops: dict[asyncio.AbstractEventLoop, dict[Hashable, _AsyncFlight]] = {}
+        self._stats = Stats()
+        self._describe: Describe = _no_describe
+        at_fork(self)
+
+    def __repr__(self) -> str:
+        return f"<AsyncGroup in_flight={len(self)}>"
+
+    def _after_fork(self) -> None:
+        self._loops = {}
+
+    async def do(
+        self,
+        key: Hashable,
+        fn: Callable[P, Awaitable[R]],
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> R:
+        """Await ``fn(*args, **kwargs)`` unless a call for ``key`` is running; share its outcome."""
+        result: R = (await self._call(key, fn, args, kwargs, None))[0]
+        return result
+
+    async def do_shared(
+        self,
+        key: Hashable,
+        fn: Callable[P, Awaitable[R]],
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> tuple[R, bool]:
+        """As :meth:`do`, also telling whether the outcome went to more than one caller."""
+        value, flight = await self._call(key, fn, args, kwargs, None)
+        return value, flight is not None and flight.takers > 1
+
+    def forget(self, key: Hashable) -> bool:
+        """Let later callers of ``key`` start a new execution instead of joining this one."""
+        found = False
+        for flights in list(self._loops.values()):
+            flight = flights.pop(key, None)
+            if flight is not None:
+                flight.discard = True
+                found = True
+        return found
+
+    def _discard(self, key: Hashable) -> None:
+        for flights in list(self._loops.values()):
+            flight = flights.get(key)
+            if flight is not None:
+                flight.discard = True
+
+    def _discard_all(self) -> None:
+        for flights in list(self._loops.values()):
+            for flight in list(flights.values()):
+                flight.discard = True
+
+    def __contains__(self, key: object) -> bool:
+        try:
+            return any(key in flights for flights in list(self._loops.values()))
+        except TypeError:
+            return False
+
+    def __len__(self) -> int:
+        return sum(len(flights) for flights in list(self._loops.values()))
+
+    async def _call(
+        self,
+        key: Hashable,
+        fn: Callable[..., Awaitable[Any]],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        store: Store | None,
+    ) -> tuple[Any, _AsyncFlight | None]:
+        loop = _get_running_loop()
+        flights = self._loops.get(loop)
+        if flights is None:
+            flights = self._loops.setdefault(loop, {})
+        try:
+            flight = flights.get(key)
+        except TypeError:
+            raise self._describe(key, args, kwargs) from None
+        stats = self._stats
+        if flight is not None:
+            if flight.task is not None and flight.task is _current_task(loop):
+                raise ReentrantCallError(
+                    f"this call of key {key!r} would wait on an execution of the same key "
+                    "that its own task is running, which would deadlock"
+                )
+            next(stats.misses)
+            next(stats.coalesced)
+            flight.takers += 1
+            return await self._wait(loop, flights, key, flight), flight
+        if store is not None:
+            value = store.lookup(key)
+            if value is not MISSING:
+                next(stats.hits)
+                return value, None
+        next(stats.misses)
+        next(stats.started)
+        flight = flights[key] = _AsyncFlight()
+        coro = self._execute(loop, flights, key, flight, fn, args, kwargs, store)
+        task = _start(loop, coro, contextvars.copy_context())
+        if task is None:
+            # Finished in its first step: nobody else can have joined.
+            if flight.state == _DONE:
+                return flight.value, flight
+            if flight.state == _FAILED:
+                raise flight.value
+            raise asyncio.CancelledError
+        flight.task = task
+        return await self._wait(loop, flights, key, flight), flight
+
+    async def _execute(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        flights: dict[Hashable, _AsyncFlight],
+        key: Hashable,
+        flight: _AsyncFlight,
+        fn: Callable[..., Awaitable[Any]],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        store: Store | None,
+    ) -> None:
+        """The execution task: run ``fn``, store, then settle every caller's future."""
+        flight.task = _current_task(loop)
+        try:
+            value = await fn(*args, **kwargs)
+            if store is not None and not flight.discard:
+                store.save(key, value)  # before the flight is gone: S3
+        except asyncio.CancelledError:
+            flight.state = _CANCELLED
+            self._land(loop, flights, key, flight)
+            raise
+        except BaseException as exc:
+            next(self._stats.errors)
+            flight.state = _FAILED
+            flight.value = exc
+            self._land(loop, flights, key, flight)
+            if not isinstance(exc, Exception):
+                raise  # KeyboardInterrupt, SystemExit: let the loop see it too
+        else:
+            flight.value = value
+            flight.state = _DONE
+            self._land(loop, flights, key, flight)
+
+    def _land(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        flights: dict[Hashable, _AsyncFlight],
+        key: Hashable,
+        flight: _AsyncFlight,
+    ) -> None:
+        self._unregister(loop, flights, key, flight)
+        next(self._stats.ended)
+        waiters = flight.waiters
+        if not waiters:
+            return
+        state = flight.state
+        value = flight.value
+        for fut in waiters:
+            if fut.done():
+                continue
+            if state == _DONE:
+                fut.set_result(value)
+            elif state == _FAILED:
+                fut.set_exception(value)
+            else:
+                fut.cancel()
+        waiters.clear()
+
+    def _unregister(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        flights: dict[Hashable, _AsyncFlight],
+        key: Hashable,
+        flight: _AsyncFlight,
+    ) -> None:
+        if flights.get(key) is flight:
+            flights.pop(key, None)
+            if not flights and self._loops.get(loop) is flights:
+                self._loops.pop(loop, None)
+
+    async def _wait(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        flights: dict[Hashable, _AsyncFlight],
+        key: Hashable,
+        flight: _AsyncFlight,
+    ) -> Any:
+        fut = loop.create_future()
+        flight.waiters[fut] = None
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            if flight.state == _RUNNING:
+                # This caller was cancelled: only its wait ends (S7).
+                flight.waiters.pop(fut, None)
+                flight.takers -= 1
+                if not flight.waiters and flight.task is not None:
+                    # Every caller has gone: stop the execution, leave nothing in flight.
+                    flight.discard = True
+                    self._unregister(loop, flights, key, flight)
+                    flight.task.cancel()
+            raise
