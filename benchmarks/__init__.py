@@ -1,0 +1,1 @@
+"""Benchmarks for coalesce beside its peers (SPEC section 7): run ``python -m benchmarks``."""
