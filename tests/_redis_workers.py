@@ -1,0 +1,147 @@
+"""Code that the Redis tests run in worker processes (``multiprocessing``, spawn context).
+
+Module-level functions, so that a fresh interpreter can import and run them: real
+processes, each with its own client and its own ``RedisBackend``, as in a fleet of
+workers. Nothing here imports pytest, so the workers start fast.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import redis
+import redis.asyncio
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from coalesce.redis import RedisBackend
+
+
+class CountingRedis(redis.Redis):
+    """A sync client that counts the commands it sends (scripts count as one)."""
+
+    commands = 0
+
+    def execute_command(self, *args: Any, **options: Any) -> Any:
+        type(self).commands += 1
+        return super().execute_command(*args, **options)
+
+
+def make_backend(socket: str, *, is_async: bool = False, **options: Any) -> RedisBackend:
+    retry = Retry(NoBackoff(), 0)
+    client: redis.Redis | redis.asyncio.Redis
+    if is_async:
+        client = redis.asyncio.Redis(unix_socket_path=socket, retry=retry)
+    else:
+        client = CountingRedis(unix_socket_path=socket, retry=retry)
+    options.setdefault("outage_cooldown", 0)
+    return RedisBackend(client, **options)
+
+
+def report(day: Any) -> Any:
+    """The function the workers share (its body is the ``compute`` they pass)."""
+    raise AssertionError("not called directly")
+
+
+async def areport(day: Any) -> Any:
+    """The async twin of ``report``."""
+    raise AssertionError("not called directly")
+
+
+def sync_worker(
+    socket: str,
+    key: Any,
+    options: dict[str, Any],
+    executions: Any,
+    started: Any,
+    release: Any,
+    results: Any,
+    raise_message: str | None = None,
+    commands: Any = None,
+) -> None:
+    """Call ``report`` for ``key`` through Redis; put ``(status, pid, value)`` in results.
+
+    ``commands`` (a multiprocessing queue) receives how many commands the call sent.
+    """
+    backend = make_backend(socket, **options)
+    bound = backend.bind(report, name="report", ttl=30.0, is_async=False)
+
+    def compute() -> dict[str, int]:
+        with executions.get_lock():
+            executions.value += 1
+        started.set()
+        release.wait(20)
+        if raise_message is not None:
+            raise ValueError(raise_message)
+        return {"computed_by": os.getpid()}
+
+    before = CountingRedis.commands
+    try:
+        value = bound.call(key, compute)
+    except Exception as exc:
+        results.put(("error", os.getpid(), (type(exc).__name__, str(exc))))
+    else:
+        results.put(("ok", os.getpid(), value))
+    if commands is not None:
+        commands.put(CountingRedis.commands - before)
+
+
+def async_worker(
+    socket: str,
+    key: Any,
+    options: dict[str, Any],
+    executions: Any,
+    started: Any,
+    release: Any,
+    results: Any,
+) -> None:
+    """The ``async def`` twin of ``sync_worker``, with ``redis.asyncio``."""
+
+    async def main() -> None:
+        backend = make_backend(socket, is_async=True, **options)
+        bound = backend.bind(areport, name="report", ttl=30.0, is_async=True)
+
+        async def compute() -> dict[str, int]:
+            with executions.get_lock():
+                executions.value += 1
+            started.set()
+            # The event is a multiprocessing one: wait for it off the event loop.
+            await asyncio.to_thread(release.wait, 20)
+            return {"computed_by": os.getpid()}
+
+        try:
+            value = await bound.acall(key, compute)
+        except Exception as exc:
+            results.put(("error", os.getpid(), (type(exc).__name__, str(exc))))
+        else:
+            results.put(("ok", os.getpid(), value))
+        finally:
+            await backend.client.aclose()
+
+    asyncio.run(main())
+
+
+def redis_key_worker(socket: str, key: Any, results: Any) -> None:
+    """Put the Redis key this process computes for ``key`` (R2)."""
+    backend = make_backend(socket, prefix="stable")
+    bound = backend.bind(report, name="report", ttl=30.0, is_async=False)
+    results.put(bound.redis_key(key))
+
+
+class Boom:
+    """Unpickling this runs code: ``__reduce__`` asks for a call that writes ``marker``."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Callable[[str], None], tuple[str]]:
+        return (_detonate, (self.marker,))
+
+
+def _detonate(marker: str) -> None:
+    """Leave a file behind: proof that a payload was deserialised."""
+    Path(marker).write_text("deserialised")
