@@ -110,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"({name}: {time.monotonic() - t0:.1f} s)\n", flush=True)
 
     checks = _bars.judge(tables)
-    print("The bars (SPEC section 7), medians of per-repeat ratios from this run:")
+    rough = " (--quick: few short repeats, so rough)" if args.quick else ""
+    print(f"The bars (SPEC section 7), medians of per-repeat ratios from this run{rough}:")
     for check in checks:
         print("  " + check.line())
     problems = [f"scenario {name} crashed" for name in crashed] + _bars.broken_promises(tables)

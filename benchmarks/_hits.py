@@ -8,7 +8,15 @@ from collections.abc import Callable
 from typing import Any
 
 from benchmarks import _peers
-from benchmarks._method import Budget, Measure, Table, async_loop, interleave, sync_loop
+from benchmarks._method import (
+    SLICES,
+    Budget,
+    Measure,
+    Table,
+    async_loop,
+    interleave,
+    sync_loop,
+)
 
 Factory = Callable[[], _peers.Decorator]
 
@@ -81,7 +89,9 @@ def sync_hit(budget: Budget, rng: random.Random, *, keywords: bool) -> Table:
         baseline="coalesce",
     )
     functions = {"plain function": fn, **_build(_sync_hit_factories(keywords=keywords), fn, table)}
-    interleave(table, _measure_sync(table, functions, call, budget), budget.repeats, rng)
+    interleave(
+        table, _measure_sync(table, functions, call, budget), budget.repeats, rng, slices=SLICES
+    )
     table.notes.append(
         "`plain function` is the undecorated function: the floor no cache can go under."
     )
@@ -131,7 +141,7 @@ def async_hit(budget: Budget, rng: random.Random) -> Table:
     loop = asyncio.new_event_loop()
     try:
         measures = _measure_async(table, functions, "f(1)", budget, loop)
-        interleave(table, measures, budget.repeats, rng)
+        interleave(table, measures, budget.repeats, rng, slices=SLICES)
     finally:
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
@@ -149,7 +159,9 @@ def sync_dedup(budget: Budget, rng: random.Random) -> Table:
         "singleflight": _peers.singleflight_sync,
     }
     functions = {"plain function": _one, **_build(factories, _one, table)}
-    interleave(table, _measure_sync(table, functions, "f(1)", budget), budget.repeats, rng)
+    interleave(
+        table, _measure_sync(table, functions, "f(1)", budget), budget.repeats, rng, slices=SLICES
+    )
     table.notes.append("singleflight (threads) is keyed by `str(args)`: it takes only string keys.")
     return table
 
@@ -170,7 +182,7 @@ def async_dedup(budget: Budget, rng: random.Random) -> Table:
     loop = asyncio.new_event_loop()
     try:
         measures = _measure_async(table, functions, "f(1)", budget, loop)
-        interleave(table, measures, budget.repeats, rng)
+        interleave(table, measures, budget.repeats, rng, slices=SLICES)
         table.extra_columns = ("S7 (cancel the first caller)",)
         for name in functions:
             if name not in factories or name in table.errors:

@@ -95,36 +95,48 @@ def interleave(
     repeats: int,
     rng: random.Random,
     *,
-    collect: bool = True,
+    slices: int = 1,
 ) -> None:
     """Run every measure once per repeat, in a new shuffled order each time, into ``table``.
 
-    A measure that raises is dropped from the rest of the run and its error kept in
-    ``table.errors``; the caller decides whether that error matters.
+    With ``slices`` above 1, a repeat is cut finer: each measure runs ``slices`` times, every
+    slice in a new order, and the repeat's value is their mean, so a burst of load lands
+    on all contenders of the repeat alike. The garbage collector runs before each repeat
+    (before each measure when ``slices`` is 1: a stampede leaves much behind) and is
+    paused while a measure runs. A measure that raises is dropped from the rest of the
+    run and its error kept in ``table.errors``; the caller decides whether that matters.
     """
     live = dict(measures)
     for name in live:
         table.samples.setdefault(name, [])
     for _ in range(repeats):
-        order = list(live)
-        rng.shuffle(order)
-        for name in order:
-            if collect:
-                gc.collect()
-            enabled = gc.isenabled()
-            gc.disable()
-            try:
-                value = live[name]()
-            except Exception as exc:
-                table.errors[name] = f"{type(exc).__name__}: {exc}"
-                del live[name]
-                continue
-            finally:
-                if enabled:
-                    gc.enable()
-            table.samples[name].append(value)
+        totals = dict.fromkeys(live, 0.0)
+        gc.collect()
+        for _ in range(slices):
+            order = list(live)
+            rng.shuffle(order)
+            for name in order:
+                if name not in live:
+                    continue
+                if slices == 1:
+                    gc.collect()
+                enabled = gc.isenabled()
+                gc.disable()
+                try:
+                    totals[name] += live[name]()
+                except Exception as exc:
+                    table.errors[name] = f"{type(exc).__name__}: {exc}"
+                    del live[name]
+                finally:
+                    if enabled:
+                        gc.enable()
+        for name in live:
+            table.samples[name].append(totals[name] / slices)
     for name in table.errors:
         table.samples.pop(name, None)
+
+
+SLICES = 4  # slices per repeat for the loop-timed scenarios (hits, dedup-only calls)
 
 
 def _compile_loop(call: str, *, is_async: bool) -> Callable[..., Any]:
@@ -158,13 +170,13 @@ def _calibrate(run: Callable[[int], int], sample_ns: int) -> int:
 
 
 def sync_loop(f: Callable[..., Any], call: str, sample_ns: int) -> Measure:
-    """A measure of ns per ``call`` (source text calling ``f``), calibrated to ``sample_ns``."""
+    """A measure of ns per ``call`` (source text calling ``f``), one slice of ``sample_ns``."""
     loop = _compile_loop(call, is_async=False)
 
     def run(n: int) -> int:
         return int(loop(n, f))
 
-    n = _calibrate(run, sample_ns)
+    n = _calibrate(run, sample_ns // SLICES)
     return lambda: run(n) / (n * UNROLL)
 
 
@@ -178,5 +190,5 @@ def async_loop(
         coro: Coroutine[Any, Any, int] = loop(n, f)
         return event_loop.run_until_complete(coro)
 
-    n = _calibrate(run, sample_ns)
+    n = _calibrate(run, sample_ns // SLICES)
     return lambda: run(n) / (n * UNROLL)

@@ -113,7 +113,7 @@ OVERHEAD_BASES = {
 
 def render(tables: list[Table], checks: list[Check], header: list[str], chart: str | None) -> str:
     """The whole results block, as markdown."""
-    lines = [*header, "", "#### The bars (SPEC section 7)", "", *render_checks(checks)]
+    lines = [*header, "", "### The bars (SPEC section 7)", "", *render_checks(checks)]
     if chart:
         lines += [f"![Benchmark results: medians per contender]({chart})", ""]
     for table in tables:
