@@ -265,6 +265,11 @@ _UNSIGNED: Final = b"\x00"
 _SIGNED: Final = b"\x01"
 _MAC_LEN: Final = 32
 _HEADER: Final = len(_MAGIC) + 2
+# How long a flight's outcome list outlives the flight. Followers already waiting are
+# served the moment it is pushed; this only covers one that read the leader's token
+# just before the push and has yet to send its pop. One that comes later still finds
+# the value: its pop times out with the lease it saw, and it looks again.
+_DONE_MS: Final = 2000
 
 
 def _error_type_name(exc: BaseException) -> str:
@@ -876,7 +881,7 @@ class _Binding:
         return (step.value_key, step.lease_key, step.done_key), (
             step.token,
             step.outcome,
-            self._lease_ms(),
+            min(self._lease_ms(), _DONE_MS),
             "1" if step.store else "0",
             self.ttl_ms,
         )

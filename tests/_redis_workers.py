@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -145,3 +146,60 @@ class Boom:
 def _detonate(marker: str) -> None:
     """Leave a file behind: proof that a payload was deserialised."""
     Path(marker).write_text("deserialised")
+
+
+def decorated_worker(
+    socket: str,
+    key: Any,
+    options: dict[str, Any],
+    executions: Any,
+    started: Any,
+    release: Any,
+    results: Any,
+    is_async: bool = False,
+    callers: int = 2,
+) -> None:
+    """``callers`` concurrent calls of ``@singleflight(backend=...)`` in this process.
+
+    Puts one ``("ok", pid, values)`` in results, ``values`` being every caller's value.
+    """
+    from coalesce import singleflight
+
+    backend = make_backend(socket, is_async=is_async, **options)
+
+    def body() -> dict[str, int]:
+        with executions.get_lock():
+            executions.value += 1
+        started.set()
+        release.wait(20)
+        return {"computed_by": os.getpid()}
+
+    if is_async:
+
+        @singleflight(ttl=30, backend=backend, name="report")
+        async def adaily(day: Any) -> dict[str, int]:
+            return await asyncio.to_thread(body)
+
+        async def main() -> list[Any]:
+            try:
+                return list(await asyncio.gather(*(adaily(key) for _ in range(callers))))
+            finally:
+                await backend.client.aclose()
+
+        values = asyncio.run(main())
+    else:
+
+        @singleflight(ttl=30, backend=backend, name="report")
+        def daily(day: Any) -> dict[str, int]:
+            return body()
+
+        box: list[Any] = []
+        threads = [
+            threading.Thread(target=lambda: box.append(daily(key))) for _ in range(callers)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        values = box
+    results.put(("ok", os.getpid(), values))

@@ -26,15 +26,17 @@ import pytest
 from _redis_fixture import RedisServer, redis, running_server, wait_until
 from _redis_workers import (
     Boom,
+    CountingRedis,
     areport,
     async_worker,
+    decorated_worker,
     make_backend,
     redis_key_worker,
     report,
     sync_worker,
 )
 
-from coalesce import RemoteError
+from coalesce import RemoteError, singleflight
 from coalesce.redis import RedisBackend
 
 pytestmark = pytest.mark.timeout(30)
@@ -777,6 +779,89 @@ def test_async_cancelled_leader_hands_over(
     asyncio.run(main())
     (status, pid, value) = fleet.collect(1)[0]
     assert (status, value) == ("ok", {"computed_by": pid})
+
+
+# ---------------------------------------------------------------- through @singleflight
+
+
+@pytest.mark.parametrize("is_async", [False, True], ids=["def", "async-def"])
+def test_r1_decorated_function_runs_once_across_processes(
+    fleet_factory: Callable[..., Fleet], client: redis.Redis, is_async: bool
+) -> None:
+    """R1: @singleflight(backend=...) in three processes, two callers in each, runs once."""
+    fleet = fleet_factory("2024-01-01", target=decorated_worker)
+    leader = fleet.spawn_leader(is_async=is_async)
+    fleet.spawn(2, is_async=is_async)
+    wait_until(lambda: blocked_clients(client) >= 2, "the other processes wait in Redis")
+    fleet.release.set()
+    results = fleet.collect(3)
+    assert fleet.executions.value == 1
+    assert [values for _, _, values in results] == [[{"computed_by": leader.pid}] * 2] * 3
+
+
+def test_r2_name_overrides_the_qualified_name(
+    redis_server: RedisServer, client: redis.Redis
+) -> None:
+    """R2: the Redis key holds name= when given, else the function's qualified name."""
+    backend = make_backend(redis_server.socket, prefix="app")
+
+    @singleflight(ttl=30, backend=backend, name="daily")
+    def named(day: int) -> int:
+        return day
+
+    @singleflight(ttl=30, backend=backend)
+    def unnamed(day: int) -> int:
+        return day
+
+    named(1)
+    unnamed(1)
+    keys = sorted(k.decode() for k in client.scan_iter(match="app:*") if b":done:" not in k)
+    assert [k.rsplit(":", 1)[0] for k in keys] == ["app:daily", f"app:{unnamed.__qualname__}"]
+
+
+def test_r8_local_ttl_serves_hot_keys_without_redis(redis_server: RedisServer) -> None:
+    """R8: with local_ttl, repeated calls in a process are served without a round trip."""
+    near = make_backend(redis_server.socket, local_ttl=60)
+    far = make_backend(redis_server.socket)
+
+    @singleflight(ttl=30, backend=near, name="near")
+    def hot(x: int) -> int:
+        return x * 2
+
+    @singleflight(ttl=30, backend=far, name="far")
+    def cold(x: int) -> int:
+        return x * 2
+
+    assert hot(2) == cold(2) == 4
+    before = CountingRedis.commands
+    assert [hot(2) for _ in range(5)] == [4] * 5
+    assert CountingRedis.commands == before
+    assert [cold(2) for _ in range(5)] == [4] * 5
+    assert CountingRedis.commands == before + 5  # one lookup each
+
+
+def test_r6_an_outage_still_coalesces_in_process(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """R6: with Redis down, concurrent calls in one process still share one execution."""
+    caplog.set_level(logging.WARNING, logger="coalesce.redis")
+    backend = make_backend(redis_server.socket)
+    release = threading.Event()
+    runs: list[int] = []
+
+    @singleflight(ttl=30, backend=backend, name="down")
+    def down(x: int) -> int:
+        runs.append(x)
+        assert release.wait(20)
+        return x
+
+    redis_server.stop()
+    calls = [InThread(lambda: down(1)) for _ in range(4)]
+    wait_until(lambda: down.cache_info().coalesced == 3, "three calls join the first")
+    release.set()
+    assert [call.join() for call in calls] == [1] * 4
+    assert runs == [1]
+    assert len(warnings_about_redis(caplog)) == 1
 
 
 # -------------------------------------------------------------------- invalidate, clear
