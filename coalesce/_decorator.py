@@ -28,7 +28,7 @@ from typing import (
 )
 
 from ._flight import AsyncGroup, Group, Stats
-from ._keys import KeyPlan, describe_unhashable, plan_key
+from ._keys import KeyPlan, KeySource, describe_unhashable, key_source, plan_key
 from ._store import MISSING, MappingStore, Store, TTLStore, TTLView
 
 __all__ = ("CacheInfo", "SingleflightFunction", "singleflight")
@@ -331,8 +331,8 @@ def _build(func: Callable[..., Any], options: _Options) -> Any:
     else:
         store = None
 
-    build = _async_wrapper if is_async else _sync_wrapper
-    wrapper = build(run, keyed, plan, group, store, describe)  # type: ignore[arg-type]
+    source = key_source(func, options.key, options.typed)  # type: ignore[arg-type]
+    wrapper = _compile_wrapper(func, run, keyed, is_async, plan, source, group, store, describe)
     functools.update_wrapper(wrapper, func)
     _attach(wrapper, plan, group, store, describe)
     return wrapper
@@ -355,138 +355,117 @@ def _through_backend(func: Callable[..., Any], bound: Any, is_async: bool) -> Ca
 
 _Describe = Callable[[object, tuple[Any, ...], dict[str, Any]], TypeError]
 
+# The wrapper is compiled from this source, specialised when decorating: with the
+# function's own parameters where they can be read (so Python itself binds the call
+# and the key is a tuple display), else with ``*args, **kwargs`` and the key plan.
+# One source serves ``def`` and ``async def``; the store decides the lookup block.
+_WRAPPER = """\
+def _sf_factory({names}):
+    {kind}def {name}({params}):
+        _sf_key = {key}
+{lookup}
+{call}
+    return {name}
+"""
 
-def _sync_wrapper(
+_SYNC_CALL = """\
+        return _sf_call(_sf_key, _sf_run, {args}, {kwargs}, _sf_store)[0]"""
+
+# AsyncGroup._call answers at once when it can (no extra frame), else gives a
+# coroutine to await.
+_ASYNC_CALL = """\
+        _sf_out = _sf_call(_sf_key, _sf_run, {args}, {kwargs}, _sf_store)
+        if _sf_out.__class__ is not tuple:
+            _sf_out = await _sf_out
+        return _sf_out[0]"""
+
+_LOOKUPS = {
+    "none": "",
+    # The built-in store: no lock (S6), one lookup, one clock read at call time (S13).
+    "ttl": """\
+        try:
+            _sf_entry = _sf_data[_sf_key]
+        except KeyError:
+            pass
+        except TypeError:
+            raise _sf_describe(_sf_key, {args}, {kwargs}) from None
+        else:
+            if _sf_entry[1] > _sf_time.monotonic():
+                _sf_hit()
+                return _sf_entry[0]
+""",
+    # A user's mapping: only under its guard (S17).
+    "mapping": """\
+        _sf_lock = _sf_guard.lock
+        _sf_lock.acquire()
+        try:
+            _sf_value = _sf_mapping[_sf_key]
+        except KeyError:
+            _sf_value = _sf_MISSING
+        except TypeError:
+            raise _sf_describe(_sf_key, {args}, {kwargs}) from None
+        finally:
+            _sf_lock.release()
+        if _sf_value is not _sf_MISSING:
+            _sf_hit()
+            return _sf_value
+""",
+}
+
+
+def _compile_wrapper(
     func: Callable[..., Any],
+    run: Callable[..., Any],
     keyed: bool,
+    is_async: bool,
     plan: KeyPlan,
-    group: Group,
+    source: KeySource | None,
+    group: Group | AsyncGroup,
     store: Store | None,
     describe: _Describe,
 ) -> Callable[..., Any]:
-    n = plan.fast_nargs
-    make_key = plan.make
-    call = group._call
-    hit = group._stats.hits.__next__
-
-    if keyed:
-
-        def miss(key: Hashable, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-            return call(key, func, (key, *args), kwargs, store)[0]
-
+    """Build the wrapper: see ``_WRAPPER``."""
+    namespace: dict[str, Any] = {
+        "_sf_call": group._call,
+        "_sf_run": run,
+        "_sf_store": store,
+        "_sf_describe": describe,
+        "_sf_hit": group._stats.hits.__next__,
+        "_sf_time": _time,
+        "_sf_MISSING": MISSING,
+    }
+    if isinstance(store, TTLStore):
+        kind = "ttl"
+        namespace["_sf_data"] = store.data
+    elif isinstance(store, MappingStore):
+        kind = "mapping"
+        namespace["_sf_mapping"] = store.mapping
+        namespace["_sf_guard"] = store.guard
     else:
-
-        def miss(key: Hashable, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-            return call(key, func, args, kwargs, store)[0]
-
-    if store is None:
-
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            key = args if not kwargs and len(args) == n else make_key(args, kwargs)
-            return miss(key, args, kwargs)
-
-    elif isinstance(store, TTLStore):
-        get = store.data.get
-
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            key = args if not kwargs and len(args) == n else make_key(args, kwargs)
-            try:
-                entry = get(key)
-            except TypeError:
-                raise describe(key, args, kwargs) from None
-            if entry is not None and entry[1] > _time.monotonic():
-                hit()
-                return entry[0]
-            return miss(key, args, kwargs)
-
+        kind = "none"
+    if source is not None:
+        params, key, args, kwargs = source.params, source.key, source.args, source.kwargs
+        namespace.update(source.defaults)
     else:
-        mapping = store.mapping
-        guard = store.guard
-
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            key = args if not kwargs and len(args) == n else make_key(args, kwargs)
-            lock = guard.lock
-            lock.acquire()
-            try:
-                value = mapping[key]
-            except KeyError:
-                value = MISSING
-            except TypeError:
-                raise describe(key, args, kwargs) from None
-            finally:
-                lock.release()
-            if value is MISSING:
-                return miss(key, args, kwargs)
-            hit()
-            return value
-
-    return wrapper
-
-
-def _async_wrapper(
-    func: Callable[..., Awaitable[Any]],
-    keyed: bool,
-    plan: KeyPlan,
-    group: AsyncGroup,
-    store: Store | None,
-    describe: _Describe,
-) -> Callable[..., Awaitable[Any]]:
-    n = plan.fast_nargs
-    make_key = plan.make
-    call = group._call
-    hit = group._stats.hits.__next__
-
-    if keyed:
-
-        async def miss(key: Hashable, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-            return (await call(key, func, (key, *args), kwargs, store))[0]
-
-    else:
-
-        async def miss(key: Hashable, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-            return (await call(key, func, args, kwargs, store))[0]
-
-    if store is None:
-
-        async def wrapper(*args: Any, **kwargs: Any) -> Any:
-            key = args if not kwargs and len(args) == n else make_key(args, kwargs)
-            return await miss(key, args, kwargs)
-
-    elif isinstance(store, TTLStore):
-        get = store.data.get
-
-        async def wrapper(*args: Any, **kwargs: Any) -> Any:
-            key = args if not kwargs and len(args) == n else make_key(args, kwargs)
-            try:
-                entry = get(key)
-            except TypeError:
-                raise describe(key, args, kwargs) from None
-            if entry is not None and entry[1] > _time.monotonic():
-                hit()
-                return entry[0]
-            return await miss(key, args, kwargs)
-
-    else:
-        mapping = store.mapping
-        guard = store.guard
-
-        async def wrapper(*args: Any, **kwargs: Any) -> Any:
-            key = args if not kwargs and len(args) == n else make_key(args, kwargs)
-            lock = guard.lock
-            lock.acquire()
-            try:
-                value = mapping[key]
-            except KeyError:
-                value = MISSING
-            except TypeError:
-                raise describe(key, args, kwargs) from None
-            finally:
-                lock.release()
-            if value is MISSING:
-                return await miss(key, args, kwargs)
-            hit()
-            return value
-
+        namespace["_sf_n"] = plan.fast_nargs
+        namespace["_sf_make_key"] = plan.make
+        params, args, kwargs = "*args, **kwargs", "args", "kwargs"
+        key = "args if not kwargs and len(args) == _sf_n else _sf_make_key(args, kwargs)"
+    call_args = f"(_sf_key, *{args})" if keyed else args
+    name = "wrapper"
+    text = _WRAPPER.format(
+        names=", ".join(namespace),
+        kind="async " if is_async else "",
+        name=name,
+        params=params,
+        key=key,
+        lookup=_LOOKUPS[kind].format(args=args, kwargs=kwargs),
+        call=(_ASYNC_CALL if is_async else _SYNC_CALL).format(args=call_args, kwargs=kwargs),
+    )
+    code = compile(text, f"<singleflight wrapper of {_qualname(func)}>", "exec")
+    scope: dict[str, Any] = {}
+    exec(code, {"__builtins__": __builtins__}, scope)
+    wrapper: Callable[..., Any] = scope["_sf_factory"](**namespace)
     return wrapper
 
 

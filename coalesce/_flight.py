@@ -302,78 +302,15 @@ class Group:
 # --------------------------------------------------------------------------- asyncio
 
 _Task = asyncio.Task
-_current_task = asyncio.current_task
 _get_running_loop = asyncio.get_running_loop
-
-
-if sys.version_info >= (3, 12):
-
-    def _start(
-        loop: asyncio.AbstractEventLoop,
-        coro: Coroutine[Any, Any, None],
-        context: contextvars.Context,
-    ) -> asyncio.Task[None] | None:
-        """Run ``coro``'s first step now (an eager task); ``None`` if it finished."""
-        task = _Task(coro, loop=loop, context=context, eager_start=True)
-        return None if task.done() else task
-
-else:  # pragma: no cover - exercised on 3.11 only
-    import types
-
-    _enter_task = asyncio.tasks._enter_task
-    _leave_task = asyncio.tasks._leave_task
-
-    @types.coroutine
-    def _resume(coro: Coroutine[Any, Any, None], yielded: Any) -> Generator[Any, Any, None]:
-        """Drive ``coro`` on from where its eager first step stopped at ``yielded``."""
-        while True:
-            try:
-                sent = yield yielded
-            except GeneratorExit:
-                coro.close()
-                raise
-            except BaseException as exc:
-                try:
-                    yielded = coro.throw(exc)
-                except StopIteration:
-                    return
-            else:
-                try:
-                    yielded = coro.send(sent)
-                except StopIteration:
-                    return
-
-    def _start(
-        loop: asyncio.AbstractEventLoop,
-        coro: Coroutine[Any, Any, None],
-        context: contextvars.Context,
-    ) -> asyncio.Task[None] | None:
-        """Emulate 3.12's eager tasks: run the first step now, in the task's identity.
-
-        A Task object is made but not initialised, and is the current task while the
-        first step runs, as an eager task would be (so ``asyncio.timeout`` or a
-        ``TaskGroup`` entered there belongs to the execution, not to the caller).
-        Only if the step suspends is the task initialised, to drive the rest; a call
-        that never suspends costs no task scheduling at all.
-        """
-        task: asyncio.Task[None] = _Task.__new__(_Task)  # type: ignore[arg-type]
-        caller = _current_task(loop)
-        if caller is not None:
-            _leave_task(loop, caller)
-        _enter_task(loop, task)
-        try:
-            yielded = context.run(coro.send, None)
-        except StopIteration:
-            return None
-        finally:
-            _leave_task(loop, task)
-            if caller is not None:
-                _enter_task(loop, caller)
-        cancel_requested = task._must_cancel  # type: ignore[attr-defined]
-        _Task.__init__(task, _resume(coro, yielded), loop=loop, context=context)
-        if cancel_requested:
-            task.cancel()
-        return task
+_current_tasks: dict[asyncio.AbstractEventLoop, asyncio.Task[Any]] | None = getattr(
+    asyncio.tasks, "_current_tasks", None
+)
+if _current_tasks is not None:
+    # asyncio.current_task(loop) is this lookup behind a Python-level call on 3.11.
+    _task_of: Callable[[asyncio.AbstractEventLoop], asyncio.Task[Any] | None] = _current_tasks.get
+else:  # pragma: no cover - newer Pythons keep the current task elsewhere
+    _task_of = asyncio.current_task
 
 
 class _AsyncFlight:
@@ -385,9 +322,13 @@ class _AsyncFlight:
         self.task: asyncio.Task[None] | None = None
         self.state = _RUNNING
         self.value: Any = None
-        self.waiters: dict[asyncio.Future[Any], None] = {}
+        self.waiters: dict[asyncio.Future[Any], None] | None = None
         self.takers = 1
         self.discard = False
+
+
+_FlightKey = tuple[asyncio.AbstractEventLoop, Hashable]
+_Outcome = tuple[Any, "_AsyncFlight | None"]
 
 
 class AsyncGroup:
@@ -398,10 +339,11 @@ class AsyncGroup:
     get flights of their own (S10).
     """
 
-    __slots__ = ("__weakref__", "_describe", "_loops", "_stats")
+    __slots__ = ("__weakref__", "_describe", "_flights", "_stats")
 
     def __init__(self) -> None:
-        self._loops: dict[asyncio.AbstractEventLoop, dict[Hashable, _AsyncFlight]] = {}
+        # Keyed by (loop, key): one flat dict, nothing to tidy when a loop goes.
+        self._flights: dict[_FlightKey, _AsyncFlight] = {}
         self._stats = Stats()
         self._describe: Describe = _no_describe
         at_fork(self)
@@ -410,7 +352,7 @@ class AsyncGroup:
         return f"<AsyncGroup in_flight={len(self)}>"
 
     def _after_fork(self) -> None:
-        self._loops = {}
+        self._flights = {}
 
     async def do(
         self,
@@ -421,7 +363,10 @@ class AsyncGroup:
         **kwargs: P.kwargs,
     ) -> R:
         """Await ``fn(*args, **kwargs)`` unless a call for ``key`` is running; share its outcome."""
-        result: R = (await self._call(key, fn, args, kwargs, None))[0]
+        out = self._call(key, fn, args, kwargs, None)
+        if not isinstance(out, tuple):
+            out = await out
+        result: R = out[0]
         return result
 
     async def do_shared(
@@ -433,58 +378,68 @@ class AsyncGroup:
         **kwargs: P.kwargs,
     ) -> tuple[R, bool]:
         """As :meth:`do`, also telling whether the outcome went to more than one caller."""
-        value, flight = await self._call(key, fn, args, kwargs, None)
+        out = self._call(key, fn, args, kwargs, None)
+        if not isinstance(out, tuple):
+            out = await out
+        value, flight = out
         return value, flight is not None and flight.takers > 1
+
+    def _matching(self, key: object) -> list[tuple[_FlightKey, _AsyncFlight]]:
+        try:
+            hash(key)
+        except TypeError:
+            return []
+        return [(fkey, f) for fkey, f in list(self._flights.items()) if fkey[1] == key]
 
     def forget(self, key: Hashable) -> bool:
         """Let later callers of ``key`` start a new execution instead of joining this one."""
         found = False
-        for flights in list(self._loops.values()):
-            flight = flights.pop(key, None)
-            if flight is not None:
+        for fkey, flight in self._matching(key):
+            if self._flights.get(fkey) is flight:
+                self._flights.pop(fkey, None)
                 flight.discard = True
                 found = True
         return found
 
     def _discard(self, key: Hashable) -> None:
-        for flights in list(self._loops.values()):
-            flight = flights.get(key)
-            if flight is not None:
-                flight.discard = True
+        for _, flight in self._matching(key):
+            flight.discard = True
 
     def _discard_all(self) -> None:
-        for flights in list(self._loops.values()):
-            for flight in list(flights.values()):
-                flight.discard = True
+        for flight in list(self._flights.values()):
+            flight.discard = True
 
     def __contains__(self, key: object) -> bool:
-        try:
-            return any(key in flights for flights in list(self._loops.values()))
-        except TypeError:
-            return False
+        return bool(self._matching(key))
 
     def __len__(self) -> int:
-        return sum(len(flights) for flights in list(self._loops.values()))
+        return len(self._flights)
 
-    async def _call(
+    def _call(
         self,
         key: Hashable,
         fn: Callable[..., Awaitable[Any]],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         store: Store | None,
-    ) -> tuple[Any, _AsyncFlight | None]:
+    ) -> _Outcome | Coroutine[Any, Any, _Outcome]:
+        """Join the flight for ``key`` or lead a new one.
+
+        Returns ``(value, flight)`` when the outcome is known at once (a hit, or an
+        execution that finished in its first step), else a coroutine to await for
+        it; ``flight`` is ``None`` for a hit. Not itself a coroutine, so a call that
+        never suspends costs no extra frame.
+        """
         loop = _get_running_loop()
-        flights = self._loops.get(loop)
-        if flights is None:
-            flights = self._loops.setdefault(loop, {})
+        fkey = (loop, key)
+        flights = self._flights
         try:
-            flight = flights.get(key)
+            flight = flights.get(fkey)
         except TypeError:
             raise self._describe(key, args, kwargs) from None
         stats = self._stats
         if flight is not None:
-            if flight.task is not None and flight.task is _current_task(loop):
+            if flight.task is not None and flight.task is _task_of(loop):
                 raise ReentrantCallError(
                     f"this call of key {key!r} would wait on an execution of the same key "
                     "that its own task is running, which would deadlock"
@@ -492,7 +447,7 @@ class AsyncGroup:
             next(stats.misses)
             next(stats.coalesced)
             flight.takers += 1
-            return await self._wait(loop, flights, key, flight), flight
+            return self._wait(loop, fkey, flight)
         if store is not None:
             value = store.lookup(key)
             if value is not MISSING:
@@ -500,66 +455,64 @@ class AsyncGroup:
                 return value, None
         next(stats.misses)
         next(stats.started)
-        flight = flights[key] = _AsyncFlight()
-        coro = self._execute(loop, flights, key, flight, fn, args, kwargs, store)
-        task = _start(loop, coro, contextvars.copy_context())
-        if task is None:
+        flight = flights[fkey] = _AsyncFlight()
+        if _launch(self, loop, fkey, flight, fn, args, kwargs, store):
             # Finished in its first step: nobody else can have joined.
-            if flight.state == _DONE:
+            state = flight.state
+            if state == _DONE:
                 return flight.value, flight
-            if flight.state == _FAILED:
+            if state == _FAILED:
                 raise flight.value
             raise asyncio.CancelledError
-        flight.task = task
-        return await self._wait(loop, flights, key, flight), flight
+        return self._wait(loop, fkey, flight)
 
-    async def _execute(
+    async def _settle(
         self,
-        loop: asyncio.AbstractEventLoop,
-        flights: dict[Hashable, _AsyncFlight],
-        key: Hashable,
+        fkey: _FlightKey,
         flight: _AsyncFlight,
         fn: Callable[..., Awaitable[Any]],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         store: Store | None,
     ) -> None:
-        """The execution task: run ``fn``, store, then settle every caller's future."""
-        flight.task = _current_task(loop)
+        """The execution task's coroutine: await the work, then settle the flight."""
+        if flight.task is None:
+            flight.task = _task_of(fkey[0])  # an eager task, still being made (3.12+)
         try:
             value = await fn(*args, **kwargs)
-            if store is not None and not flight.discard:
-                store.save(key, value)  # before the flight is gone: S3
-        except asyncio.CancelledError:
-            flight.state = _CANCELLED
-            self._land(loop, flights, key, flight)
-            raise
         except BaseException as exc:
+            self._finish(fkey, flight, store, False, exc)
+            if not isinstance(exc, Exception):
+                raise  # cancellation, KeyboardInterrupt, SystemExit: the task sees it too
+        else:
+            self._finish(fkey, flight, store, True, value)
+
+    def _finish(
+        self, fkey: _FlightKey, flight: _AsyncFlight, store: Store | None, ok: bool, value: Any
+    ) -> None:
+        """Store the result (S3), leave the registry, and wake every waiting caller."""
+        if ok and store is not None and not flight.discard:
+            try:
+                store.save(fkey[1], value)
+            except Exception as exc:
+                ok = False
+                value = exc
+        if ok:
+            flight.state = _DONE
+        elif isinstance(value, asyncio.CancelledError):
+            flight.state = _CANCELLED
+        else:
             next(self._stats.errors)
             flight.state = _FAILED
-            flight.value = exc
-            self._land(loop, flights, key, flight)
-            if not isinstance(exc, Exception):
-                raise  # KeyboardInterrupt, SystemExit: let the loop see it too
-        else:
-            flight.value = value
-            flight.state = _DONE
-            self._land(loop, flights, key, flight)
-
-    def _land(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        flights: dict[Hashable, _AsyncFlight],
-        key: Hashable,
-        flight: _AsyncFlight,
-    ) -> None:
-        self._unregister(loop, flights, key, flight)
+        flight.value = value
+        flights = self._flights
+        if flights.get(fkey) is flight:
+            flights.pop(fkey, None)
         next(self._stats.ended)
         waiters = flight.waiters
         if not waiters:
             return
         state = flight.state
-        value = flight.value
         for fut in waiters:
             if fut.done():
                 continue
@@ -571,37 +524,170 @@ class AsyncGroup:
                 fut.cancel()
         waiters.clear()
 
-    def _unregister(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        flights: dict[Hashable, _AsyncFlight],
-        key: Hashable,
-        flight: _AsyncFlight,
-    ) -> None:
-        if flights.get(key) is flight:
-            flights.pop(key, None)
-            if not flights and self._loops.get(loop) is flights:
-                self._loops.pop(loop, None)
-
     async def _wait(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        flights: dict[Hashable, _AsyncFlight],
-        key: Hashable,
-        flight: _AsyncFlight,
-    ) -> Any:
+        self, loop: asyncio.AbstractEventLoop, fkey: _FlightKey, flight: _AsyncFlight
+    ) -> _Outcome:
         fut = loop.create_future()
-        flight.waiters[fut] = None
+        waiters = flight.waiters
+        if waiters is None:
+            waiters = flight.waiters = {}
+        waiters[fut] = None
         try:
-            return await fut
+            return await fut, flight
         except asyncio.CancelledError:
             if flight.state == _RUNNING:
                 # This caller was cancelled: only its wait ends (S7).
-                flight.waiters.pop(fut, None)
+                waiters.pop(fut, None)
                 flight.takers -= 1
-                if not flight.waiters and flight.task is not None:
+                if not waiters and flight.task is not None:
                     # Every caller has gone: stop the execution, leave nothing in flight.
                     flight.discard = True
-                    self._unregister(loop, flights, key, flight)
+                    if self._flights.get(fkey) is flight:
+                        self._flights.pop(fkey, None)
                     flight.task.cancel()
             raise
+
+
+if sys.version_info >= (3, 12):
+
+    def _launch(
+        group: AsyncGroup,
+        loop: asyncio.AbstractEventLoop,
+        fkey: _FlightKey,
+        flight: _AsyncFlight,
+        fn: Callable[..., Awaitable[Any]],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        store: Store | None,
+    ) -> bool:
+        """Start the execution as an eager task; ``True`` if it finished in its first step."""
+        coro = group._settle(fkey, flight, fn, args, kwargs, store)
+        task = _Task(coro, loop=loop, context=contextvars.copy_context(), eager_start=True)
+        if task.done():
+            return True
+        flight.task = task
+        return False
+
+else:  # pragma: no cover - exercised on 3.11 only
+    import types
+
+    # The C module's own table of current tasks: setting an item here is what
+    # _enter_task/_leave_task do, without their two calls each.
+    _tasks_now: dict[asyncio.AbstractEventLoop, asyncio.Task[Any]] = asyncio.tasks._current_tasks  # type: ignore[attr-defined]
+
+    _CoroutineType = types.CoroutineType
+
+    class _Parked:
+        """What a driver yields when its job is done (never a real awaitable)."""
+
+        __slots__ = ()
+
+    _PARKED: Final = _Parked()
+    _Job = tuple[
+        AsyncGroup, _FlightKey, _AsyncFlight, Callable[..., Awaitable[Any]], tuple[Any, ...],
+        dict[str, Any], "Store | None",
+    ]  # fmt: skip
+
+    @types.coroutine
+    def _driver() -> Generator[Any, Any, None]:
+        """Run executions' first steps, one job per ``send``, without exceptions.
+
+        Stepping a coroutine by hand ends in ``StopIteration``, which costs more than
+        the rest of an uncontended call. A driver instead runs the work with
+        ``yield from`` (a return needs no exception there), settles the flight, and
+        yields ``_PARKED`` to say it is ready for the next job. If the work suspends,
+        its yield comes out of ``send`` instead, and this driver belongs to that
+        execution's task from then on.
+        """
+        job: _Job = yield None
+        while True:
+            group, fkey, flight, fn, args, kwargs, store = job
+            del job
+            try:
+                work: Any = fn(*args, **kwargs)
+                # A coroutine is driven directly: its return needs no exception.
+                steps: Any = work if type(work) is _CoroutineType else work.__await__()
+                value = yield from steps
+            except BaseException as exc:
+                group._finish(fkey, flight, store, False, exc)
+                if not isinstance(exc, Exception):
+                    raise
+            else:
+                group._finish(fkey, flight, store, True, value)
+            # Drop every reference to this job before parking (S16).
+            del group, fkey, flight, fn, args, kwargs, store
+            value = work = steps = None
+            job = yield _PARKED
+
+    # Idle drivers, ready for a job; list.pop and list.append are atomic, so each
+    # driver serves one thread at a time, and a first step that starts another
+    # execution (nested calls) simply takes another driver.
+    _drivers: list[Generator[Any, Any, None]] = []
+
+    def _new_driver() -> Generator[Any, Any, None]:
+        driver = _driver()
+        driver.send(None)
+        return driver
+
+    @types.coroutine
+    def _resume(driver: Generator[Any, Any, None], yielded: Any) -> Generator[Any, Any, None]:
+        """The rest of an execution whose first step suspended: drive its driver on."""
+        while yielded is not _PARKED:
+            try:
+                sent = yield yielded
+            except GeneratorExit:
+                driver.close()
+                raise
+            except BaseException as exc:
+                yielded = driver.throw(exc)
+            else:
+                yielded = driver.send(sent)
+        driver.close()
+
+    async def _rest(driver: Generator[Any, Any, None], yielded: Any) -> None:
+        await _resume(driver, yielded)
+
+    def _launch(
+        group: AsyncGroup,
+        loop: asyncio.AbstractEventLoop,
+        fkey: _FlightKey,
+        flight: _AsyncFlight,
+        fn: Callable[..., Awaitable[Any]],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        store: Store | None,
+    ) -> bool:
+        """Emulate 3.12's eager tasks: run the first step now, as the execution's task.
+
+        A Task object is made but not yet initialised, and is the current task while
+        the first step runs, as an eager task would be (so an ``asyncio.timeout`` or
+        ``TaskGroup`` entered there belongs to the execution, not to the caller).
+        Only if the step suspends is the task initialised, to drive the rest from
+        where it stopped; a call that never suspends schedules nothing at all.
+        ``True`` if it finished in its first step.
+        """
+        task: asyncio.Task[None] = _Task.__new__(_Task)  # type: ignore[arg-type]
+        flight.task = task
+        try:
+            driver = _drivers.pop()
+        except IndexError:
+            driver = _new_driver()
+        context = contextvars.copy_context()
+        tasks_now = _tasks_now
+        caller = tasks_now.get(loop)
+        tasks_now[loop] = task
+        try:
+            yielded = context.run(driver.send, (group, fkey, flight, fn, args, kwargs, store))
+        finally:
+            if caller is None:
+                tasks_now.pop(loop, None)
+            else:
+                tasks_now[loop] = caller
+        if yielded is _PARKED:
+            _drivers.append(driver)
+            return True
+        cancel_requested = task._must_cancel  # type: ignore[attr-defined]
+        _Task.__init__(task, _rest(driver, yielded), loop=loop, context=context)
+        if cancel_requested:
+            task.cancel()
+        return False

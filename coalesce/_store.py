@@ -20,7 +20,7 @@ from __future__ import annotations
 import threading
 import time as _time
 import weakref
-from collections import OrderedDict
+from collections import deque
 from collections.abc import Hashable, Iterator, MutableMapping
 from typing import Any, Final
 
@@ -39,14 +39,21 @@ class _Missing:
 MISSING: Final[Any] = _Missing()
 
 
+def _expiry(item: tuple[Hashable, tuple[Any, float]]) -> float:
+    return item[1][1]
+
+
 class TTLStore:
     """The built-in store: a dict of ``(value, expires_at)`` read without a lock."""
 
-    __slots__ = ("__weakref__", "data", "lock", "maxsize", "ttl")
+    __slots__ = ("__weakref__", "data", "lock", "maxsize", "order", "ttl")
 
     def __init__(self, ttl: float, maxsize: int | None) -> None:
-        # An OrderedDict reads as fast as a dict and drops its oldest entry in O(1).
-        self.data: OrderedDict[Hashable, tuple[Any, float]] = OrderedDict()
+        # A plain dict: the fastest read there is. The order entries were stored in
+        # is kept beside it, as (key, entry) records; a record whose entry is no
+        # longer the key's current one is stale and skipped.
+        self.data: dict[Hashable, tuple[Any, float]] = {}
+        self.order: deque[tuple[Hashable, tuple[Any, float]]] = deque()
         self.ttl = ttl
         self.maxsize = maxsize
         self.lock = threading.Lock()
@@ -65,25 +72,27 @@ class TTLStore:
         now = _time.monotonic()
         entry = (value, now + self.ttl)
         data = self.data
-        with self.lock:
-            if key in data:
-                # Re-store at the end, so insertion order stays expiry order.
-                del data[key]
-            elif self.maxsize is not None and len(data) >= self.maxsize:
-                self._evict(now)
-            data[key] = entry
-
-    def _evict(self, now: float) -> None:
-        data = self.data
+        order = self.order
         maxsize = self.maxsize
-        assert maxsize is not None
-        # The front holds the entries that expire first: drop the expired ones, then,
-        # if still full, the oldest.
-        while data:
-            key = next(iter(data))
-            if data[key][1] > now and len(data) < maxsize:
-                break
-            del data[key]
+        with self.lock:
+            data[key] = entry
+            order.append((key, entry))
+            # The front holds what was stored first, which (one ttl for all) also
+            # expires first: drop stale records, expired entries and, while over
+            # maxsize, the oldest. Amortised O(1) per save.
+            while order:
+                old_key, old_entry = order[0]
+                if data.get(old_key) is not old_entry:
+                    order.popleft()
+                elif old_entry[1] <= now or (maxsize is not None and len(data) > maxsize):
+                    del data[old_key]
+                    order.popleft()
+                else:
+                    break
+            if len(order) > 2 * len(data) + 16:
+                # Many stale records behind the front: rebuild, in expiry order.
+                order.clear()
+                order.extend(sorted(data.items(), key=_expiry))
 
     def invalidate(self, key: Hashable) -> bool:
         with self.lock:
@@ -93,6 +102,7 @@ class TTLStore:
     def clear(self) -> None:
         with self.lock:
             self.data.clear()
+            self.order.clear()
 
     def currsize(self) -> int:
         return len(self.data)
