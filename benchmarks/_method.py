@@ -100,8 +100,10 @@ def interleave(
     """Run every measure once per repeat, in a new shuffled order each time, into ``table``.
 
     With ``slices`` above 1, a repeat is cut finer: each measure runs ``slices`` times, every
-    slice in a new order, and the repeat's value is their mean, so a burst of load lands
-    on all contenders of the repeat alike. The garbage collector runs before each repeat
+    slice in a new order, and the repeat's value is the fastest slice. On a shared machine
+    noise only ever adds time (another process takes the core for a while), so the fastest
+    slice is the one least disturbed; the median over repeats then guards against a
+    repeat that was disturbed throughout. The garbage collector runs before each repeat
     (before each measure when ``slices`` is 1: a stampede leaves much behind) and is
     paused while a measure runs. A measure that raises is dropped from the rest of the
     run and its error kept in ``table.errors``; the caller decides whether that matters.
@@ -110,7 +112,7 @@ def interleave(
     for name in live:
         table.samples.setdefault(name, [])
     for _ in range(repeats):
-        totals = dict.fromkeys(live, 0.0)
+        best = dict.fromkeys(live, float("inf"))
         gc.collect()
         for _ in range(slices):
             order = list(live)
@@ -123,7 +125,7 @@ def interleave(
                 enabled = gc.isenabled()
                 gc.disable()
                 try:
-                    totals[name] += live[name]()
+                    best[name] = min(best[name], live[name]())
                 except Exception as exc:
                     table.errors[name] = f"{type(exc).__name__}: {exc}"
                     del live[name]
@@ -131,12 +133,12 @@ def interleave(
                     if enabled:
                         gc.enable()
         for name in live:
-            table.samples[name].append(totals[name] / slices)
+            table.samples[name].append(best[name])
     for name in table.errors:
         table.samples.pop(name, None)
 
 
-SLICES = 4  # slices per repeat for the loop-timed scenarios (hits, dedup-only calls)
+SLICES = 8  # slices per repeat for the loop-timed scenarios (hits, dedup-only calls)
 
 
 def _compile_loop(call: str, *, is_async: bool) -> Callable[..., Any]:
