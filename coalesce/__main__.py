@@ -1,0 +1,183 @@
+"""``python -m coalesce demo``: the cache stampede, replayed, without and with coalesce.
+
+N callers ask for the same slow result at the same moment: first with threads, then
+with asyncio; each time without ``@singleflight``, with it, and with ``ttl=`` (a
+second wave of callers arriving after the first has finished). The table shows how
+many times the slow function really ran.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from . import singleflight
+
+__all__ = ("main",)
+
+CALLERS = 50
+WORK_SECONDS = 0.1
+CONNECTIONS = 5  # the database serves this many queries at once
+
+
+class _Row:
+    __slots__ = ("calls", "coalesced", "executions", "hits", "label", "seconds")
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.executions = 0
+        self.calls = 0
+        self.coalesced = 0
+        self.hits = 0
+        self.seconds = 0.0
+
+
+def _thread_wave(call: Callable[[], Any], callers: int) -> None:
+    barrier = threading.Barrier(callers)
+
+    def caller() -> None:
+        barrier.wait(timeout=30)
+        call()
+
+    threads = [threading.Thread(target=caller) for _ in range(callers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+
+
+def _threads(variant: str, waves: int) -> _Row:
+    row = _Row(f"threads   {variant}")
+    lock = threading.Lock()
+    database = threading.BoundedSemaphore(CONNECTIONS)
+
+    def report(day: int) -> str:
+        with lock:
+            row.executions += 1
+        with database:
+            time.sleep(WORK_SECONDS)  # a slow query
+        return f"report for day {day}"
+
+    fn: Any = report
+    if variant == "@singleflight":
+        fn = singleflight(report)
+    elif variant != "plain":
+        fn = singleflight(ttl=60)(report)
+    start = time.perf_counter()
+    for _ in range(waves):
+        _thread_wave(lambda: fn(7), CALLERS)
+    row.seconds = time.perf_counter() - start
+    row.calls = CALLERS * waves
+    if fn is not report:
+        info = fn.cache_info()
+        row.coalesced, row.hits = info.coalesced, info.hits
+    return row
+
+
+def _asyncio(variant: str, waves: int) -> _Row:
+    row = _Row(f"asyncio   {variant}")
+    database: asyncio.Semaphore | None = None
+
+    async def report(day: int) -> str:
+        assert database is not None
+        row.executions += 1
+        async with database:
+            await asyncio.sleep(WORK_SECONDS)  # a slow query
+        return f"report for day {day}"
+
+    fn: Any = report
+    if variant == "@singleflight":
+        fn = singleflight(report)
+    elif variant != "plain":
+        fn = singleflight(ttl=60)(report)
+
+    async def run() -> None:
+        nonlocal database
+        database = asyncio.Semaphore(CONNECTIONS)
+        for _ in range(waves):
+            await asyncio.gather(*(fn(7) for _ in range(CALLERS)))
+
+    start = time.perf_counter()
+    asyncio.run(run())
+    row.seconds = time.perf_counter() - start
+    row.calls = CALLERS * waves
+    if fn is not report:
+        info = fn.cache_info()
+        row.coalesced, row.hits = info.coalesced, info.hits
+    return row
+
+
+def _table(rows: Sequence[_Row]) -> str:
+    head = ("scenario", "executions", "calls", "coalesced", "hits", "wall time")
+    body = [
+        (
+            r.label,
+            str(r.executions),
+            str(r.calls),
+            str(r.coalesced),
+            str(r.hits),
+            f"{r.seconds:.2f} s",
+        )
+        for r in rows
+    ]
+    widths = [max(len(line[i]) for line in (head, *body)) for i in range(len(head))]
+
+    def fmt(line: Sequence[str]) -> str:
+        cells = [line[0].ljust(widths[0])] + [
+            c.rjust(w) for c, w in zip(line[1:], widths[1:], strict=True)
+        ]
+        return "| " + " | ".join(cells) + " |"
+
+    rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([fmt(head), rule, *(fmt(line) for line in body)])
+
+
+def demo() -> None:
+    """Print the stampede table (section 6 of the contract)."""
+    print(
+        f"{CALLERS} callers ask for the same report at the same moment; "
+        f"the report is one {WORK_SECONDS:.1f} s query to a database that serves "
+        f"{CONNECTIONS} queries at a time.\n"
+        "With ttl=, a second wave of callers arrives after the first has finished.\n"
+    )
+    rows = []
+    for variant, waves in (("plain", 1), ("@singleflight", 1), ("@singleflight(ttl=60)", 2)):
+        rows.append(_threads(variant, waves))
+    for variant, waves in (("plain", 1), ("@singleflight", 1), ("@singleflight(ttl=60)", 2)):
+        rows.append(_asyncio(variant, waves))
+    print(_table(rows))
+    print(
+        "\nexecutions: times the slow function really ran; coalesced: calls that joined "
+        "an execution already in flight; hits: calls answered from the cache."
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m coalesce", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    demo_parser = commands.add_parser(
+        "demo", help="replay the cache stampede, without and with coalesce"
+    )
+    demo_parser.add_argument(
+        "--redis",
+        metavar="URL",
+        help="also show several processes sharing one execution through this Redis "
+        "(e.g. redis://localhost:6379/0 or unix:///tmp/redis.sock)",
+    )
+    args = parser.parse_args(argv)
+    if args.command == "demo":
+        demo()
+        if args.redis:
+            from ._demo_redis import run_redis_demo
+
+            print()
+            run_redis_demo(args.redis)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
