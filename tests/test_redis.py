@@ -961,3 +961,24 @@ def test_bad_names_and_ttls_are_refused_at_bind(redis_server: RedisServer) -> No
         backend.bind(report, name="", ttl=1.0, is_async=False)
     with pytest.raises(ValueError, match="ttl"):
         backend.bind(report, name="report", ttl=0, is_async=False)
+
+
+def test_redis_demo_shows_one_execution(
+    redis_server: RedisServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """R1: the Redis demo's six processes (def and async def) run the function once."""
+    from coalesce._demo_redis import run_redis_demo
+
+    run_redis_demo(redis_server.url)
+    out = capsys.readouterr().out
+    assert "executions: 1 for 6 calls in 6 processes" in out
+    assert out.count(" yes ") == 1
+
+
+def test_redis_demo_names_an_unreachable_redis(redis_server: RedisServer) -> None:
+    """R6: the demo says plainly which Redis it could not reach."""
+    from coalesce._demo_redis import run_redis_demo
+
+    redis_server.stop()
+    with pytest.raises(SystemExit, match="cannot reach Redis at unix://"):
+        run_redis_demo(redis_server.url)
