@@ -11,11 +11,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from benchmarks import (
+    _anatomy,
     _bars,
     _freshness,
     _hits,
     _memory,
     _peers,
+    _profile,
     _report,
     _stampede_async,
     _stampede_threads,
@@ -29,6 +31,8 @@ SCENARIOS: dict[str, Scenario] = {
     "sync_hit": lambda b, r: _hits.sync_hit(b, r, keywords=False),
     "sync_hit_kw": lambda b, r: _hits.sync_hit(b, r, keywords=True),
     "async_hit": _hits.async_hit,
+    "sync_hit_anatomy": lambda b, r: _anatomy.anatomy(b, r, is_async=False),
+    "async_hit_anatomy": lambda b, r: _anatomy.anatomy(b, r, is_async=True),
     "sync_dedup": _hits.sync_dedup,
     "async_dedup": _hits.async_dedup,
     "async_stampede_1x1000": lambda b, r: _stampede_async.stampede(b, r, keys=1, waiters=1000),
@@ -73,6 +77,11 @@ def _parser() -> argparse.ArgumentParser:
         default=ROOT / "docs",
         help="the docs folder to write into (default: the repository's docs/)",
     )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="after the bars, print a cProfile of coalesce's path for each missed bar",
+    )
     return parser
 
 
@@ -114,6 +123,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"The bars (SPEC section 7), medians of per-repeat ratios from this run{rough}:")
     for check in checks:
         print("  " + check.line())
+    if args.profile:
+        targets = {_profile.target_of(c.bar, c.what) for c in checks if c.status == "FAIL"}
+        for target in sorted(t for t in targets if t is not None):
+            print("\n" + _profile.profile(target), flush=True)
     problems = [f"scenario {name} crashed" for name in crashed] + _bars.broken_promises(tables)
     for problem in problems:
         print(f"ERROR: {problem}", file=sys.stderr)

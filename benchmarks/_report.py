@@ -108,6 +108,8 @@ OVERHEAD_BASES = {
     "async_hit": "plain coroutine",
     "sync_dedup": "plain function",
     "async_dedup": "plain coroutine",
+    "sync_hit_anatomy": "plain function",
+    "async_hit_anatomy": "plain coroutine",
 }
 
 
