@@ -77,6 +77,10 @@ class Stats:
             _count(self.started) - ended,
         )
 
+    def after_fork(self) -> None:
+        """In a forked child: the parent's executions are not running here."""
+        self.ended = itertools.count(_count(self.started))
+
     def reset(self) -> None:
         self._base = (
             _count(self.hits),
@@ -135,6 +139,7 @@ class Group:
     def _after_fork(self) -> None:
         self._flights = {}
         self._lock = threading.Lock()
+        self._stats.after_fork()
 
     def do(self, key: Hashable, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run ``fn(*args, **kwargs)`` unless a call for ``key`` is running; share its outcome."""
@@ -353,6 +358,7 @@ class AsyncGroup:
 
     def _after_fork(self) -> None:
         self._flights = {}
+        self._stats.after_fork()
 
     async def do(
         self,
@@ -630,8 +636,20 @@ else:  # pragma: no cover - exercised on 3.11 only
         return driver
 
     @types.coroutine
-    def _resume(driver: Generator[Any, Any, None], yielded: Any) -> Generator[Any, Any, None]:
-        """The rest of an execution whose first step suspended: drive its driver on."""
+    def _rest(driver: Generator[Any, Any, None], yielded: Any) -> Generator[Any, Any, None]:
+        """The rest of an execution whose first step suspended: drive its driver on.
+
+        Handed to the task already started (see ``_launch``), so that a cancellation
+        arriving before the task's first step is thrown into the work, as it would
+        be into an eager task, instead of ending a coroutine that never began.
+        """
+        try:
+            yield  # where the task finds it; its first step resumes from here
+        except GeneratorExit:
+            driver.close()
+            raise
+        except BaseException as exc:
+            yielded = driver.throw(exc)
         while yielded is not _PARKED:
             try:
                 sent = yield yielded
@@ -643,9 +661,6 @@ else:  # pragma: no cover - exercised on 3.11 only
             else:
                 yielded = driver.send(sent)
         driver.close()
-
-    async def _rest(driver: Generator[Any, Any, None], yielded: Any) -> None:
-        await _resume(driver, yielded)
 
     def _launch(
         group: AsyncGroup,
@@ -687,7 +702,9 @@ else:  # pragma: no cover - exercised on 3.11 only
             _drivers.append(driver)
             return True
         cancel_requested = task._must_cancel  # type: ignore[attr-defined]
-        _Task.__init__(task, _rest(driver, yielded), loop=loop, context=context)
+        rest = _rest(driver, yielded)
+        next(rest)
+        _Task.__init__(task, rest, loop=loop, context=context)
         if cancel_requested:
             task.cancel()
         return False
