@@ -24,7 +24,9 @@ NAME = "demo-report"
 PREFIX = "coalesce-demo"
 
 
-def _worker(url: str, day: str, is_async: bool, barrier: Any, results: Any) -> None:
+def _worker(
+    url: str, day: str, is_async: bool, work_seconds: float, barrier: Any, results: Any
+) -> None:
     """One process of the fleet: build the decorated function, wait, call it once."""
     import redis
 
@@ -39,7 +41,7 @@ def _worker(url: str, day: str, is_async: bool, barrier: Any, results: Any) -> N
         @singleflight(ttl=60, backend=backend, name=NAME)
         async def areport(day: str) -> dict[str, Any]:
             ran.append(True)
-            await asyncio.sleep(WORK_SECONDS)
+            await asyncio.sleep(work_seconds)
             return {"day": day, "computed_by": os.getpid()}
 
         async def main() -> dict[str, Any]:
@@ -58,7 +60,7 @@ def _worker(url: str, day: str, is_async: bool, barrier: Any, results: Any) -> N
         @singleflight(ttl=60, backend=backend, name=NAME)
         def report(day: str) -> dict[str, Any]:
             ran.append(True)
-            time.sleep(WORK_SECONDS)
+            time.sleep(work_seconds)
             return {"day": day, "computed_by": os.getpid()}
 
         barrier.wait(30)
@@ -69,10 +71,14 @@ def _worker(url: str, day: str, is_async: bool, barrier: Any, results: Any) -> N
     )
 
 
-def run_redis_demo(url: str) -> None:
+def run_redis_demo(
+    url: str, *, processes: int = PROCESSES, work_seconds: float = WORK_SECONDS
+) -> None:
     """Run the demo against the Redis at ``url`` and print a table.
 
-    Raises ``SystemExit`` with a message when that Redis cannot be reached.
+    ``processes`` worker processes (alternately ``def`` and ``async def``) call a
+    function that takes ``work_seconds``. Raises ``SystemExit`` with a message when
+    that Redis cannot be reached.
     """
     import redis
 
@@ -87,23 +93,23 @@ def run_redis_demo(url: str) -> None:
 
     day = f"day-{secrets.token_hex(4)}"  # a key no earlier run has cached
     context = multiprocessing.get_context("spawn")
-    barrier = context.Barrier(PROCESSES)
+    barrier = context.Barrier(processes)
     results: Any = context.Queue()
-    processes = [
-        context.Process(target=_worker, args=(url, day, i % 2 == 1, barrier, results))
-        for i in range(PROCESSES)
+    workers = [
+        context.Process(target=_worker, args=(url, day, i % 2 == 1, work_seconds, barrier, results))
+        for i in range(processes)
     ]
     print(
-        f"{PROCESSES} processes call report({day!r}) at the same moment through {url};\n"
-        f"the function takes {WORK_SECONDS:g} s. Without coalescing it would run "
-        f"{PROCESSES} times.\n"
+        f"{processes} processes call report({day!r}) at the same moment through {url};\n"
+        f"the function takes {work_seconds:g} s. Without coalescing it would run "
+        f"{processes} times.\n"
     )
-    for process in processes:
+    for process in workers:
         process.start()
     try:
-        rows = sorted(results.get(timeout=60) for _ in processes)
+        rows = sorted(results.get(timeout=60) for _ in workers)
     finally:
-        for process in processes:
+        for process in workers:
             process.join(30)
             if process.is_alive():
                 process.kill()

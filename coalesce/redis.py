@@ -11,7 +11,7 @@ backend = RedisBackend(redis.Redis.from_url("redis://localhost:6379/0"), prefix=
 def report(day): ...
 ```
 
-How one call goes (``_Protocol.flight``), in Redis commands:
+How one call goes (``_Binding.flight``), in Redis commands:
 
 1. ``ACQUIRE`` (one Lua script, one round trip): the value if it is there (a hit);
    else ``SET lease NX PX`` with a random token (this caller leads); else the current
@@ -26,7 +26,7 @@ How one call goes (``_Protocol.flight``), in Redis commands:
    so a leader that died is noticed and one follower takes over (R4).
 
 The protocol is written once, as a generator that yields what to do next
-(``_Acquire``, ``_Block``, ``_Run``, ``_Finish``, ``_Store``); the sync driver
+(``_Acquire``, ``_Block``, ``_Discard``, ``_Run``, ``_Finish``, ``_Store``); the sync driver
 (``redis.Redis``) and the asyncio driver (``redis.asyncio.Redis``) only carry those
 steps out. See ``docs/redis.md`` for the semantics and failure modes.
 """
@@ -433,6 +433,7 @@ class RedisBackend:
         "_down",
         "_lock",
         "_max_block",
+        "_raise",
         "_retry_at",
         "client",
         "is_async",
@@ -486,7 +487,9 @@ class RedisBackend:
         )
         self.client = client
 
-        if not isinstance(prefix, str) or not _PREFIX.fullmatch(prefix) or prefix.endswith(":"):
+        if not isinstance(prefix, str):
+            raise TypeError(f"prefix must be a str, not {type(prefix).__name__}")
+        if not _PREFIX.fullmatch(prefix) or prefix.endswith(":"):
             raise ValueError(
                 f"prefix must be a non-empty str of letters, digits and _ . : / @ {{ }} - "
                 f"that does not end in ':' (coalesce adds the separator), not {prefix!r}"
@@ -534,6 +537,7 @@ class RedisBackend:
                 f"'raise', not {on_backend_error!r}"
             )
         self.on_backend_error = on_backend_error
+        self._raise = on_backend_error == "raise"
         self.outage_cooldown = _positive("outage_cooldown", outage_cooldown, allow_zero=True)
 
         self._lock = threading.Lock()
@@ -600,7 +604,8 @@ class RedisBackend:
     # -- outages (R6)
 
     def _redis_usable(self) -> bool:
-        return not self._down or time.monotonic() >= self._retry_at
+        """False during an outage's cooldown (only with on_backend_error='local')."""
+        return not self._down or self._raise or time.monotonic() >= self._retry_at
 
     def _failed(self, exc: Exception, label: str, *, may_raise: bool = True) -> None:
         """Note a Redis error: log the first of an outage, or raise it if asked to."""
@@ -608,15 +613,18 @@ class RedisBackend:
             first = not self._down
             self._down = True
             self._retry_at = time.monotonic() + self.outage_cooldown
-        if may_raise and self.on_backend_error == "raise":
+        if may_raise and self._raise:
             raise exc
         if first:
             _log.warning(
-                "coalesce: Redis failed (%s: %s) in %s; calls run in this process until "
-                "it answers again (on_backend_error='raise' to raise instead)",
+                "coalesce: Redis failed (%s: %s) in %s; %s",
                 type(exc).__name__,
                 exc,
                 label,
+                "raising it (on_backend_error='raise')"
+                if self._raise
+                else "calls run in this process until it answers again "
+                "(on_backend_error='raise' to raise instead)",
             )
 
     def _answered(self) -> None:
@@ -625,7 +633,7 @@ class RedisBackend:
                 was_down = self._down
                 self._down = False
             if was_down:
-                _log.warning("coalesce: Redis answers again; calls are shared through it")
+                _log.info("coalesce: Redis answers again; calls are shared through it")
 
 
 # --------------------------------------------------------------------------- the protocol
@@ -773,7 +781,10 @@ class _Binding:
                     backend.wait_timeout,
                 )
                 return (yield from self._local(vkey, lkey, store=True))
-            block = min(left, int(reply[2]) / 1000 + 0.002, backend._max_block)
+            lease_ms = int(reply[2])
+            if lease_ms < 0:  # a lease without expiry was not set by coalesce: bound the wait
+                lease_ms = self._lease_ms()
+            block = min(left, lease_ms / 1000 + 0.002, backend._max_block)
             done_key = f"{vkey}:done:{leader}"
             try:
                 item = yield _Block(done_key, max(block, 0.001))
@@ -935,8 +946,9 @@ class _SyncBinding(_Binding):
                 args=(step.token, self._lease_ms(), "1" if step.skip_value else "0"),
             )
         if isinstance(step, _Block):
-            execute: Callable[..., Any] = self.client.execute_command
-            return execute("BLMOVE", step.done_key, step.done_key, "RIGHT", "LEFT", step.timeout)
+            return self._execute(
+                "BLMOVE", step.done_key, step.done_key, "RIGHT", "LEFT", step.timeout
+            )
         if isinstance(step, _Run):
             if step.token is None:
                 try:

@@ -441,7 +441,7 @@ def test_r6_server_stopped_mid_flight_then_started_again(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """R6: when Redis goes away mid-flight calls run locally, warning once per outage."""
-    caplog.set_level(logging.WARNING, logger="coalesce.redis")
+    caplog.set_level(logging.INFO, logger="coalesce.redis")
     fleet = fleet_factory(("outage",))
     leader = fleet.spawn_leader()
     bound = bind_sync(redis_server)
@@ -468,11 +468,12 @@ def test_r6_server_stopped_mid_flight_then_started_again(
 
 def test_r6_raise_mode_raises_the_redis_error(redis_server: RedisServer) -> None:
     """R6: with on_backend_error='raise' a Redis failure raises and nothing runs."""
-    bound = bind_sync(redis_server, on_backend_error="raise")
+    bound = bind_sync(redis_server, on_backend_error="raise", outage_cooldown=60)
     redis_server.stop()
     ran = []
-    with pytest.raises(redis.exceptions.ConnectionError):
-        bound.call(("x",), lambda: ran.append(1))
+    for _ in range(2):  # the cooldown of "local" never turns raising into local runs
+        with pytest.raises(redis.exceptions.ConnectionError):
+            bound.call(("x",), lambda: ran.append(1))
     assert ran == []
 
 
@@ -929,7 +930,7 @@ def test_from_url_builds_a_working_backend(redis_server: RedisServer) -> None:
         ({"prefix": ""}, ValueError, "prefix"),
         ({"prefix": "has space"}, ValueError, "prefix"),
         ({"prefix": "ends:"}, ValueError, "prefix"),
-        ({"prefix": 3}, ValueError, "prefix"),
+        ({"prefix": 3}, TypeError, "prefix"),
         ({"lease_ttl": 0}, ValueError, "lease_ttl"),
         ({"lease_ttl": 0.01}, ValueError, "lease_ttl"),
         ({"lease_ttl": math.inf}, ValueError, "lease_ttl"),
@@ -966,12 +967,12 @@ def test_bad_names_and_ttls_are_refused_at_bind(redis_server: RedisServer) -> No
 def test_redis_demo_shows_one_execution(
     redis_server: RedisServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """R1: the Redis demo's six processes (def and async def) run the function once."""
+    """R1: the Redis demo's processes (def and async def) run the function once."""
     from coalesce._demo_redis import run_redis_demo
 
-    run_redis_demo(redis_server.url)
+    run_redis_demo(redis_server.url, processes=4, work_seconds=0.2)
     out = capsys.readouterr().out
-    assert "executions: 1 for 6 calls in 6 processes" in out
+    assert "executions: 1 for 4 calls in 4 processes" in out
     assert out.count(" yes ") == 1
 
 
