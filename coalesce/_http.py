@@ -1,0 +1,329 @@
+"""What the ASGI and WSGI middlewares share: options, keys, and which responses travel.
+
+Both middlewares (``coalesce.asgi``, ``coalesce.wsgi``) are thin drivers over this
+module and the core's groups. Nothing here does I/O: it validates the options, says
+which request headers join a request's key, and decides, from a response's status and
+headers, whether it may go to a client it was not made for (H1, H2) and whether the
+micro-cache may keep it (H5).
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+from collections.abc import Callable, Hashable, Iterable
+from dataclasses import dataclass, replace
+from typing import Any, Final, Generic, NoReturn, TypeVar
+
+__all__ = (
+    "ALWAYS_KEYED",
+    "CREDENTIALS",
+    "OPTION_NAMES",
+    "Options",
+    "Reply",
+    "Verdict",
+    "checked_key",
+    "judge",
+    "reject_arguments",
+)
+
+H = TypeVar("H")
+
+OPTION_NAMES: Final = ("methods", "vary", "private", "max_body", "ttl", "maxsize", "key")
+
+# Request headers that say who the client is. A request carrying one is served for
+# that client alone unless private=True, where they join the key (H2).
+CREDENTIALS: Final = ("authorization", "proxy-authorization", "cookie")
+
+# Request headers that make one URL ask for a different response: the host it was sent
+# to, a byte range, and the conditions that turn a 200 into a 304 or a 412. They always
+# join the key, so a 304 made for a client holding an ETag never reaches one without it.
+ALWAYS_KEYED: Final = (
+    "host",
+    "range",
+    "if-range",
+    "if-match",
+    "if-none-match",
+    "if-modified-since",
+    "if-unmodified-since",
+)
+
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def reject_arguments(owner: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """Raise a helpful ``TypeError`` for options the middleware does not take.
+
+    Called from ``__new__`` before Python's own check in ``__init__``, so a typo gets
+    a suggestion instead of a bare "unexpected keyword argument".
+    """
+    if len(args) > 1:
+        _fail(
+            f"{owner}() takes the app positionally and every option by keyword, "
+            f"e.g. {owner}(app, ttl=1.0); got {len(args) - 1} extra positional argument(s)"
+        )
+    for name in kwargs:
+        if name == "app" or name in OPTION_NAMES:
+            continue
+        close = difflib.get_close_matches(name, OPTION_NAMES, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        _fail(
+            f"{owner}() got an unknown option {name!r}{hint} (options: {', '.join(OPTION_NAMES)})"
+        )
+
+
+def _fail(message: str) -> NoReturn:
+    raise TypeError(message)
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """The validated options of one middleware."""
+
+    methods: frozenset[str]
+    vary: tuple[str, ...]  # lower-case header names, in the order given
+    private: bool
+    max_body: int
+    ttl: float | None
+    maxsize: int
+    key: Callable[[Any], Hashable | None] | None
+
+    @property
+    def keyed(self) -> tuple[str, ...]:
+        """Every request header whose values join the key, in a fixed order."""
+        names = ALWAYS_KEYED + tuple(n for n in self.vary if n not in ALWAYS_KEYED)
+        if self.private:
+            names += tuple(n for n in CREDENTIALS if n not in names)
+        return names
+
+    @classmethod
+    def check(
+        cls,
+        owner: str,
+        *,
+        methods: object,
+        vary: object,
+        private: object,
+        max_body: object,
+        ttl: object,
+        maxsize: object,
+        key: object,
+    ) -> Options:
+        """Validate the options, naming the one that is wrong and how to fix it."""
+        return cls(
+            methods=_check_methods(owner, methods),
+            vary=_check_vary(owner, vary),
+            private=_check_bool(owner, "private", private),
+            max_body=_check_max_body(owner, max_body),
+            ttl=_check_ttl(owner, ttl),
+            maxsize=_check_maxsize(owner, maxsize),
+            key=_check_key(owner, key),
+        )
+
+    def describe(self) -> str:
+        """The options as keyword arguments, for ``repr()``."""
+        key = "None" if self.key is None else getattr(self.key, "__qualname__", repr(self.key))
+        return (
+            f"methods={tuple(sorted(self.methods))!r}, vary={self.vary!r}, "
+            f"private={self.private!r}, max_body={self.max_body!r}, ttl={self.ttl!r}, "
+            f"maxsize={self.maxsize!r}, key={key}"
+        )
+
+
+def _names(owner: str, option: str, value: object, what: str) -> tuple[str, ...]:
+    if isinstance(value, str | bytes) or not isinstance(value, Iterable):
+        raise TypeError(
+            f"{option} of {owner}() must be a sequence of {what}, such as "
+            f"{option}=({value!r},), not {type(value).__name__} ({value!r})"
+        )
+    names = tuple(value)
+    for name in names:
+        if not isinstance(name, str) or not _TOKEN.fullmatch(name):
+            raise ValueError(f"{option} of {owner}() must hold {what}; {name!r} is not one")
+    return names
+
+
+def _check_methods(owner: str, value: object) -> frozenset[str]:
+    methods = frozenset(m.upper() for m in _names(owner, "methods", value, "HTTP method names"))
+    if not methods:
+        raise ValueError(
+            f"methods of {owner}() is empty, so nothing would be coalesced; "
+            "leave the middleware out instead, or pass methods=('GET', 'HEAD')"
+        )
+    return methods
+
+
+def _check_vary(owner: str, value: object) -> tuple[str, ...]:
+    names = _names(owner, "vary", value, "request header names")
+    return tuple(dict.fromkeys(n.lower() for n in names))
+
+
+def _check_bool(owner: str, option: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{option} of {owner}() must be True or False, not {value!r}")
+    return value
+
+
+def _check_max_body(owner: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(
+            f"max_body of {owner}() must be a number of bytes (an int), "
+            f"not {type(value).__name__} ({value!r})"
+        )
+    if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
+        raise ValueError(
+            f"max_body of {owner}() must be a finite number of bytes, not {value!r}; "
+            "a response is buffered whole before it is shared, so it needs a bound"
+        )
+    if value < 0 or value != int(value):
+        raise ValueError(
+            f"max_body of {owner}() must be a whole number of bytes >= 0, not {value!r}"
+        )
+    return int(value)
+
+
+def _check_ttl(owner: str, value: object) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(
+            f"ttl of {owner}() must be a number of seconds (int or float) or None, "
+            f"not {type(value).__name__} ({value!r})"
+        )
+    seconds = float(value)
+    if math.isnan(seconds) or math.isinf(seconds) or seconds <= 0:
+        raise ValueError(
+            f"ttl of {owner}() must be a finite number of seconds greater than 0, "
+            f"not {value!r}; leave it out (None) to keep no responses"
+        )
+    return seconds
+
+
+def _check_maxsize(owner: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(
+            f"maxsize of {owner}() must be a positive int (responses kept with ttl=), "
+            f"not {type(value).__name__} ({value!r})"
+        )
+    if value < 1:
+        raise ValueError(
+            f"maxsize of {owner}() must be at least 1, not {value}; "
+            "to keep no responses, leave out ttl="
+        )
+    return value
+
+
+def _check_key(owner: str, value: object) -> Callable[[Any], Hashable | None] | None:
+    if value is not None and not callable(value):
+        raise TypeError(
+            f"key of {owner}() must be a callable taking the request's scope (ASGI) or "
+            f"environ (WSGI), or None; not {type(value).__name__} ({value!r})"
+        )
+    return value
+
+
+def checked_key(owner: str, key: Callable[[Any], Hashable | None], request: Any) -> Hashable:
+    """Call the user's ``key=`` and check that its answer can join a key."""
+    part = key(request)
+    try:
+        hash(part)
+    except TypeError:
+        raise TypeError(
+            f"key= of {owner} returned an unhashable {type(part).__name__} ({part!r}); "
+            "return a str, a number or a tuple of them, or None to let the request pass"
+        ) from None
+    return part
+
+
+# --------------------------------------------------------------------- responses
+
+
+def _directives(values: Iterable[str]) -> set[str]:
+    """The directive names of ``Cache-Control`` header values, lower-cased."""
+    found = set()
+    for value in values:
+        for part in value.split(","):
+            name = part.split("=", 1)[0].strip().lower()
+            if name:
+                found.add(name)
+    return found
+
+
+def _vary_names(values: Iterable[str]) -> frozenset[str] | None:
+    """The request header names a ``Vary`` names; ``None`` for ``Vary: *``."""
+    names = set()
+    for value in values:
+        for part in value.split(","):
+            name = part.strip().lower()
+            if name == "*":
+                return None
+            if name:
+                names.add(name)
+    return frozenset(names)
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What a response's own headers allow."""
+
+    shareable: bool  # may go to clients other than the one it was made for
+    storable: bool  # may be kept by the micro-cache (H5)
+    vary: frozenset[str]  # request headers it varies on (empty when not shareable)
+
+
+def judge(status: int, headers: Iterable[tuple[str, str]]) -> Verdict:
+    """Decide from ``status`` and the response headers (names any case) where it may go.
+
+    Never shared: ``Set-Cookie``, ``Cache-Control: private`` or ``no-store``, and
+    ``Vary: *`` (H1, H2). Kept by the micro-cache: what may be shared, with a 2xx
+    status and without ``Cache-Control: no-cache`` (which asks that it not be reused
+    without asking the origin).
+    """
+    cookies = False
+    control: list[str] = []
+    vary: list[str] = []
+    for name, value in headers:
+        lower = name.lower()
+        if lower == "set-cookie":
+            cookies = True
+        elif lower == "cache-control":
+            control.append(value)
+        elif lower == "vary":
+            vary.append(value)
+    directives = _directives(control)
+    names = _vary_names(vary)
+    if cookies or names is None or "private" in directives or "no-store" in directives:
+        return Verdict(False, False, frozenset())
+    storable = 200 <= status < 300 and "no-cache" not in directives
+    return Verdict(True, storable, names)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Reply(Generic[H]):
+    """A complete downstream response, and whom it may go to.
+
+    ``head`` is the protocol's own status and headers (ASGI: ``(status, headers)``;
+    WSGI: ``(status_line, headers)``), passed on untouched so repeated headers keep
+    their order. ``varied`` holds, for each request header the response varies on,
+    the value the leader sent; ``leader`` is the client it was made for (``None`` once
+    it is in the micro-cache).
+    """
+
+    leader: object
+    head: H
+    body: bytes
+    verdict: Verdict
+    varied: tuple[tuple[str, object], ...]
+
+    def fits(self, client: object, header: Callable[[str], object]) -> bool:
+        """May ``client``, whose request headers ``header(name)`` returns, have it?"""
+        if self.leader is not None and client is self.leader:
+            return True
+        if not self.verdict.shareable:
+            return False
+        return all(header(name) == value for name, value in self.varied)
+
+    def detached(self) -> Reply[H]:
+        """This reply without its leader, to keep in the micro-cache."""
+        return replace(self, leader=None)
