@@ -41,9 +41,7 @@ S = TypeVar("S")
 S_contra = TypeVar("S_contra", contravariant=True)
 
 
-class CacheInfo(NamedTuple):
-    """What ``cache_info()`` reports (S12)."""
-
+class _CacheInfoFields(NamedTuple):
     hits: int
     """Calls answered from the cache."""
     misses: int
@@ -58,6 +56,44 @@ class CacheInfo(NamedTuple):
     """Results kept now (0 without a cache)."""
     maxsize: int | None
     """The cache's bound (``None``: unbounded, or no cache)."""
+
+
+class CacheInfo(_CacheInfoFields):
+    """What ``cache_info()`` reports (S12): a named tuple of seven counters and sizes.
+
+    The freshness counters come after them as attributes, outside the tuple, so that
+    the tuple stays the seven values of the contract (``info == (1, 0, ...)`` and
+    unpacking keep working):
+
+    - ``stale``: hits answered with a stale result while a refresh ran (``stale=``);
+    - ``refreshes``: background refreshes started (``stale=``, ``early=``).
+    """
+
+    stale: int
+    refreshes: int
+
+    def __new__(
+        cls,
+        hits: int,
+        misses: int,
+        coalesced: int,
+        errors: int,
+        in_flight: int,
+        currsize: int,
+        maxsize: int | None,
+        stale: int = 0,
+        refreshes: int = 0,
+    ) -> CacheInfo:
+        info = super().__new__(cls, hits, misses, coalesced, errors, in_flight, currsize, maxsize)
+        info.stale = stale
+        info.refreshes = refreshes
+        return info
+
+    def __repr__(self) -> str:
+        return f"{super().__repr__()[:-1]}, stale={self.stale}, refreshes={self.refreshes})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (CacheInfo, (*self, self.stale, self.refreshes))
 
 
 class _Default:
@@ -150,10 +186,15 @@ def singleflight(
     /,
     *,
     key: str | tuple[str, ...] | list[str] | Callable[..., Hashable] | None = None,
-    ttl: float | None = None,
+    ttl: float | Callable[[Any], float] | None = None,
     maxsize: int | None = ...,
     cache: MutableMapping[Any, Any] | None = None,
     typed: bool = False,
+    stale: float | None = None,
+    early: float | None = None,
+    stale_if_error: float | None = None,
+    error_ttl: float | None = None,
+    cache_if: Callable[[Any], object] | None = None,
     backend: Any = None,
     name: str | None = None,
 ) -> _Decorator: ...
@@ -162,10 +203,15 @@ def singleflight(
     /,
     *,
     key: str | tuple[str, ...] | list[str] | Callable[..., Hashable] | None = None,
-    ttl: float | None = None,
+    ttl: float | Callable[[Any], float] | None = None,
     maxsize: int | None = _DEFAULT_MAXSIZE,
     cache: MutableMapping[Any, Any] | None = None,
     typed: bool = False,
+    stale: float | None = None,
+    early: float | None = None,
+    stale_if_error: float | None = None,
+    error_ttl: float | None = None,
+    cache_if: Callable[[Any], object] | None = None,
     backend: Any = None,
     name: str | None = None,
 ) -> Any:
@@ -178,15 +224,30 @@ def singleflight(
     :param key: what identifies a call: ``None`` for every argument (normalised),
         a parameter name or a sequence of names, or a callable taking the function's
         arguments and returning a hashable key.
-    :param ttl: seconds a result stays cached; ``None`` for coalescing only.
+    :param ttl: seconds a result stays cached; ``None`` for coalescing only; or a
+        callable ``(result) -> seconds`` for per-result lifetimes (0 or less: do not
+        keep that result).
     :param maxsize: bound of the built-in cache (default 1024; ``None``: unbounded).
     :param cache: a ``MutableMapping`` (``dict``, any ``cachetools`` cache) to keep
         results in instead of the built-in cache.
     :param typed: as in :func:`functools.lru_cache`: ``f(1)`` and ``f(1.0)`` differ.
+    :param stale: seconds past ``ttl`` a result is still served, at once, while one
+        refresh runs in the background (stale-while-revalidate).
+    :param early: XFetch's beta (1.0 is a good start): a hit may refresh early, in the
+        background, likelier as expiry nears and the longer the key took to compute.
+    :param stale_if_error: seconds past ``ttl`` the old result is served when the
+        recomputation fails (the error is logged and counted).
+    :param error_ttl: seconds an exception is kept and re-raised without running the
+        function again (negative caching).
+    :param cache_if: ``(result) -> bool``: keep a result only when true (callers in
+        flight still share it).
     :param backend: a :class:`coalesce.redis.RedisBackend` to coordinate processes.
     :param name: the function's name in the backend's keys (default: its qualified name).
     """
-    options = _Options(key, ttl, maxsize, cache, typed, backend, name)
+    options = _Options(
+        key, ttl, maxsize, cache, typed, backend, name,
+        _Freshness(stale, early, stale_if_error, error_ttl, cache_if),
+    )  # fmt: skip
     if func is None:
         return _Decorator(options)
     if not callable(func) and not isinstance(func, classmethod | staticmethod):
@@ -200,7 +261,7 @@ def singleflight(
 class _Options:
     """The validated options of one ``singleflight(...)`` call."""
 
-    __slots__ = ("backend", "cache", "key", "maxsize", "name", "ttl", "typed")
+    __slots__ = ("backend", "cache", "fresh", "key", "maxsize", "name", "ttl", "typed")
 
     def __init__(
         self,
@@ -211,9 +272,19 @@ class _Options:
         typed: object,
         backend: object,
         name: object,
+        fresh: _Freshness,
     ) -> None:
-        if ttl is not None:
+        if ttl is not None and not callable(ttl):
             ttl = _check_seconds("ttl", ttl)
+        if fresh.needs_ttl() and ttl is None:
+            raise TypeError(
+                f"{fresh.needs_ttl()} measure time past a result's ttl: pass ttl= too "
+                "(they work with the built-in cache, not with cache=)"
+            )
+        if fresh.cache_if is not None and ttl is None and cache is None:
+            raise TypeError("cache_if= decides what is cached: pass ttl= or cache= too")
+        if callable(ttl) and backend is not None:
+            raise TypeError("a ttl callable is not supported with backend=; pass seconds")
         if cache is not None:
             if not isinstance(cache, MutableMapping):
                 raise TypeError(
@@ -260,8 +331,9 @@ class _Options:
                 )
         elif name is not None:
             raise TypeError("name= names the function in a backend's keys: pass backend= too")
+        self.fresh = fresh
         self.key = key
-        self.ttl: float | None = ttl
+        self.ttl: float | Callable[[Any], float] | None = ttl
         self.maxsize: int | None = maxsize
         self.cache: MutableMapping[Any, Any] | None = cache
         self.typed = typed
@@ -280,6 +352,53 @@ class _Options:
                 "a list (or other value) instead"
             )
         return _build(func, self)
+
+
+class _Freshness:
+    """The freshness options (section 3), validated."""
+
+    __slots__ = ("cache_if", "early", "error_ttl", "stale", "stale_if_error")
+
+    def __init__(
+        self,
+        stale: object,
+        early: object,
+        stale_if_error: object,
+        error_ttl: object,
+        cache_if: object,
+    ) -> None:
+        self.stale = _check_window("stale", stale)
+        self.early = _check_window("early", early)
+        self.stale_if_error = _check_window("stale_if_error", stale_if_error)
+        self.error_ttl = _check_window("error_ttl", error_ttl)
+        if cache_if is not None and not callable(cache_if):
+            raise TypeError(
+                f"cache_if must be a callable (result) -> bool, not {type(cache_if).__name__}"
+            )
+        self.cache_if: Callable[[Any], object] | None = cache_if
+
+    def needs_ttl(self) -> str:
+        """The names of the options given that only make sense with ``ttl=``."""
+        given = [
+            name
+            for name in ("stale", "early", "stale_if_error", "error_ttl")
+            if getattr(self, name)
+        ]
+        return ", ".join(f"{name}=" for name in given)
+
+
+def _check_window(name: str, value: object) -> float:
+    """A freshness option: ``None`` or 0 (off), or a finite number of seconds > 0."""
+    if value is None:
+        return 0.0
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(
+            f"{name} must be a number of seconds (int or float) or None, "
+            f"not {type(value).__name__} ({value!r})"
+        )
+    if math.isnan(value) or math.isinf(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0 (0 or None: off), not {value!r}")
+    return float(value)
 
 
 class _Decorator:
@@ -313,6 +432,7 @@ def _build(func: Callable[..., Any], options: _Options) -> Any:
 
     group._describe = describe
 
+    qualname = _qualname(func)
     store: Store | None
     run: Callable[..., Any] = func
     keyed = False
@@ -321,13 +441,23 @@ def _build(func: Callable[..., Any], options: _Options) -> Any:
             func, name=options.name or _qualname(func), ttl=options.ttl, is_async=is_async
         )
         local_ttl = getattr(options.backend, "local_ttl", None)
-        store = TTLStore(local_ttl, options.maxsize) if local_ttl else None
+        store = TTLStore(local_ttl, options.maxsize, name=qualname) if local_ttl else None
         run = _through_backend(func, bound, is_async)
         keyed = True
     elif options.cache is not None:
-        store = MappingStore(options.cache)
+        store = MappingStore(options.cache, name=qualname, cache_if=options.fresh.cache_if)
     elif options.ttl is not None:
-        store = TTLStore(options.ttl, options.maxsize)
+        fresh = options.fresh
+        store = TTLStore(
+            options.ttl,
+            options.maxsize,
+            name=qualname,
+            stale=fresh.stale,
+            early=fresh.early,
+            stale_if_error=fresh.stale_if_error,
+            error_ttl=fresh.error_ttl,
+            cache_if=fresh.cache_if,
+        )
     else:
         store = None
 
@@ -379,6 +509,11 @@ _ASYNC_CALL = """\
             _sf_out = await _sf_out
         return _sf_out[0]"""
 
+# early= (F2): a hit may start one background refresh, and still returns at once.
+_EARLY = """
+                if _sf_early(_sf_entry):
+                    _sf_refresh(_sf_key, _sf_run, {args}, {kwargs})"""
+
 _LOOKUPS = {
     "none": "",
     # The built-in store: no lock (S6), one lookup, one clock read at call time (S13).
@@ -390,8 +525,8 @@ _LOOKUPS = {
         except TypeError:
             raise _sf_describe(_sf_key, {args}, {kwargs}) from None
         else:
-            if _sf_entry[1] > _sf_time.monotonic():
-                _sf_hit()
+            if _sf_entry[1] > _sf_time.monotonic(){wall}:
+                _sf_hit(){early}
                 return _sf_entry[0]
 """,
     # A user's mapping: only under its guard (S17).
@@ -434,9 +569,17 @@ def _compile_wrapper(
         "_sf_time": _time,
         "_sf_MISSING": MISSING,
     }
+    wall = early = ""
     if isinstance(store, TTLStore):
         kind = "ttl"
         namespace["_sf_data"] = store.data
+        if store.dual:
+            # time-machine is loaded: it moves only the wall clock (see TTLStore).
+            wall = " and _sf_entry[2] > _sf_time.time()"
+        if store.early:
+            namespace["_sf_early"] = store.refresh_early
+            namespace["_sf_refresh"] = functools.partial(group._refresh, store=store)
+            early = _EARLY
     elif isinstance(store, MappingStore):
         kind = "mapping"
         namespace["_sf_mapping"] = store.mapping
@@ -452,6 +595,7 @@ def _compile_wrapper(
         params, args, kwargs = "*args, **kwargs", "args", "kwargs"
         key = "args if not kwargs and len(args) == _sf_n else _sf_make_key(args, kwargs)"
     call_args = f"(_sf_key, *{args})" if keyed else args
+    early = early.format(args=call_args, kwargs=kwargs)
     name = "wrapper"
     text = _WRAPPER.format(
         names=", ".join(namespace),
@@ -459,7 +603,7 @@ def _compile_wrapper(
         name=name,
         params=params,
         key=key,
-        lookup=_LOOKUPS[kind].format(args=args, kwargs=kwargs),
+        lookup=_LOOKUPS[kind].format(args=args, kwargs=kwargs, wall=wall, early=early),
         call=(_ASYNC_CALL if is_async else _SYNC_CALL).format(args=call_args, kwargs=kwargs),
     )
     code = compile(text, f"<singleflight wrapper of {_qualname(func)}>", "exec")
@@ -494,12 +638,19 @@ def _attach(
         return key
 
     def cache_info() -> CacheInfo:
-        """Counters and sizes: hits, misses, coalesced, errors, in_flight, currsize, maxsize."""
-        hits, misses, coalesced, errors, in_flight = stats.snapshot()
-        if store is None:
-            return CacheInfo(hits, misses, coalesced, errors, in_flight, 0, None)
+        """Counters and sizes: hits, misses, coalesced, errors, in_flight, currsize,
+        maxsize, stale, refreshes."""
+        counts = stats.snapshot()
         return CacheInfo(
-            hits, misses, coalesced, errors, in_flight, store.currsize(), store.maxsize_info()
+            counts.hits,
+            counts.misses,
+            counts.coalesced,
+            counts.errors,
+            counts.in_flight,
+            store.currsize() if store is not None else 0,
+            store.maxsize_info() if store is not None else None,
+            counts.stale,
+            counts.refreshes,
         )
 
     def cache_clear() -> None:

@@ -18,14 +18,16 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import itertools
+import logging
 import sys
 import threading
+import time as _time
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Hashable
-from typing import Any, Final, ParamSpec, TypeVar
+from typing import Any, Final, NamedTuple, ParamSpec, TypeVar
 
 from ._errors import ReentrantCallError
 from ._fork import at_fork
-from ._store import MISSING, Store
+from ._store import MISSING, CachedError, Store
 
 __all__ = ("AsyncGroup", "Group", "Stats")
 
@@ -46,6 +48,16 @@ def _count(counter: itertools.count[int]) -> int:
     return int(repr(counter)[6:-1])
 
 
+class Counts(NamedTuple):
+    hits: int
+    misses: int
+    coalesced: int
+    errors: int
+    in_flight: int
+    stale: int
+    refreshes: int
+
+
 class Stats:
     """Exact counters shared by a group and the decorator built on it (S12).
 
@@ -54,40 +66,83 @@ class Stats:
     ever has to be swapped.
     """
 
-    __slots__ = ("_base", "coalesced", "ended", "errors", "hits", "misses", "started")
+    _RESETTABLE = ("hits", "misses", "coalesced", "errors", "stale", "refreshes")
+
+    __slots__ = (
+        "_base",
+        "coalesced",
+        "ended",
+        "errors",
+        "hits",
+        "misses",
+        "refreshes",
+        "stale",
+        "started",
+    )
 
     def __init__(self) -> None:
         self.hits = itertools.count()
         self.misses = itertools.count()
         self.coalesced = itertools.count()
         self.errors = itertools.count()
+        self.stale = itertools.count()  # stale results served (F1)
+        self.refreshes = itertools.count()  # background refreshes started (F1, F2)
         self.started = itertools.count()
         self.ended = itertools.count()
-        self._base = (0, 0, 0, 0)
+        self._base = (0,) * len(self._RESETTABLE)
 
-    def snapshot(self) -> tuple[int, int, int, int, int]:
-        """``(hits, misses, coalesced, errors, in_flight)`` since the last reset."""
-        base = self._base
+    def snapshot(self) -> Counts:
+        """Every counter since the last reset, and ``in_flight`` now."""
         ended = _count(self.ended)
-        return (
-            _count(self.hits) - base[0],
-            _count(self.misses) - base[1],
-            _count(self.coalesced) - base[2],
-            _count(self.errors) - base[3],
-            _count(self.started) - ended,
+        hits, misses, coalesced, errors, stale, refreshes = (
+            _count(getattr(self, name)) - base
+            for name, base in zip(self._RESETTABLE, self._base, strict=True)
         )
+        in_flight = _count(self.started) - ended
+        return Counts(hits, misses, coalesced, errors, in_flight, stale, refreshes)
 
     def after_fork(self) -> None:
         """In a forked child: the parent's executions are not running here."""
         self.ended = itertools.count(_count(self.started))
 
     def reset(self) -> None:
-        self._base = (
-            _count(self.hits),
-            _count(self.misses),
-            _count(self.coalesced),
-            _count(self.errors),
+        self._base = tuple(_count(getattr(self, name)) for name in self._RESETTABLE)
+
+
+_log = logging.getLogger("coalesce")
+
+
+def _log_failure(store: Store, exc: BaseException, rescued: bool, background: bool) -> None:
+    if rescued:
+        _log.warning(
+            "coalesce: %s() failed (%s: %s); serving its previous result (stale_if_error)",
+            store.name,
+            type(exc).__name__,
+            exc,
+            exc_info=exc,
         )
+    elif background:
+        _log.warning(
+            "coalesce: background refresh of %s() failed (%s: %s); "
+            "the cached result stays until it expires",
+            store.name,
+            type(exc).__name__,
+            exc,
+            exc_info=exc,
+        )
+
+
+def _nested(depth: int, fn: Callable[..., None], *args: Any) -> None:
+    """Call ``fn`` a few frames below here.
+
+    freezegun gives real time to code within its ``call_stack_inspection_limit``
+    (5) frames of a thread's entry point; a refresh thread starts this deep so that
+    the user's function and the store see the frozen clock, as callers do.
+    """
+    if depth:
+        _nested(depth - 1, fn, *args)
+    else:
+        fn(*args)
 
 
 def _no_describe(key: object, args: tuple[Any, ...], kwargs: dict[str, Any]) -> TypeError:
@@ -103,9 +158,10 @@ Describe = Callable[[object, tuple[Any, ...], dict[str, Any]], TypeError]
 class _Flight:
     """One execution of one key, and the callers waiting for it (threads)."""
 
-    __slots__ = ("discard", "lock", "owner", "state", "takers", "value", "waiting")
+    __slots__ = ("background", "discard", "lock", "owner", "state", "takers", "value", "waiting")
 
     def __init__(self, owner: int) -> None:
+        self.background = False  # a refresh nobody waits for (F1, F2)
         self.lock = threading.Lock()
         self.lock.acquire()  # held while running; waiters block on it
         self.owner = owner  # thread running it, for S9
@@ -196,6 +252,7 @@ class Group:
         """
         stats = self._stats
         me = threading.get_ident()
+        refresh = None
         lock = self._lock
         lock.acquire()
         try:
@@ -203,12 +260,23 @@ class Group:
                 flight = self._flights.get(key)
             except TypeError:
                 raise self._describe(key, args, kwargs) from None
-            if flight is None:
-                if store is not None:
-                    value = store.lookup(key)
+            if store is not None:
+                value = store.lookup(key)
+                if value is not MISSING:
+                    next(stats.hits)
+                    if value.__class__ is CachedError:
+                        raise value.error  # negative caching (F4)
+                    return value, None
+                if store.stale:
+                    value = store.stale_value(key)
                     if value is not MISSING:
+                        # F1: serve the stale result at once; one refresh behind it.
                         next(stats.hits)
+                        next(stats.stale)
+                        if flight is None:
+                            refresh = self._flights[key] = self._background_flight()
                         return value, None
+            if flight is None:
                 flight = self._flights[key] = _Flight(me)
                 leader = True
             elif flight.owner == me:
@@ -222,12 +290,75 @@ class Group:
                 leader = False
         finally:
             lock.release()
+            if refresh is not None:
+                self._start_background(key, refresh, fn, args, kwargs, store)
         next(stats.misses)
         if leader:
             next(stats.started)
             return self._lead(key, flight, fn, args, kwargs, store), flight
         next(stats.coalesced)
         return self._wait(key, flight, fn, args, kwargs, store), flight
+
+    def _background_flight(self) -> _Flight:
+        flight = _Flight(0)
+        flight.background = True
+        flight.takers = 0
+        next(self._stats.started)
+        next(self._stats.refreshes)
+        return flight
+
+    def _refresh(
+        self,
+        key: Hashable,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        store: Store,
+    ) -> None:
+        """Start one background refresh of ``key`` unless a flight for it is running (F2)."""
+        with self._lock:
+            if key in self._flights:
+                return
+            flight = self._flights[key] = self._background_flight()
+        self._start_background(key, flight, fn, args, kwargs, store)
+
+    def _start_background(
+        self,
+        key: Hashable,
+        flight: _Flight,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        store: Store | None,
+    ) -> None:
+        # A daemon thread: a refresh never keeps the process from exiting.
+        thread = threading.Thread(
+            target=_nested,
+            args=(6, self._run_background, key, flight, fn, args, kwargs, store),
+            name=f"coalesce-refresh-{getattr(store, 'name', '')}",
+            daemon=True,
+        )
+        try:
+            thread.start()
+        except BaseException:
+            self._abort(key, flight)
+            raise
+
+    def _run_background(
+        self,
+        key: Hashable,
+        flight: _Flight,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        store: Store | None,
+    ) -> None:
+        with self._lock:
+            flight.owner = threading.get_ident()
+        try:
+            self._lead(key, flight, fn, args, kwargs, store)
+        except Exception:
+            pass  # logged and counted by _lead; callers that joined have it
 
     def _lead(
         self,
@@ -238,12 +369,23 @@ class Group:
         kwargs: dict[str, Any],
         store: Store | None,
     ) -> Any:
+        started = _time.monotonic() if store is not None and store.early else 0.0
         try:
             value = fn(*args, **kwargs)
             if store is not None and not flight.discard:
-                store.save(key, value)  # before the flight is gone: S3
+                store.save(key, value, started)  # before the flight is gone: S3
         except Exception as exc:
             next(self._stats.errors)
+            if store is not None:
+                rescued = store.rescue(key)
+                _log_failure(store, exc, rescued is not MISSING, flight.background)
+                if rescued is not MISSING:  # F3
+                    flight.value = rescued
+                    flight.state = _DONE
+                    self._land(key, flight)
+                    return rescued
+                if not flight.discard:
+                    store.save_error(key, exc)  # F4
             flight.value = exc
             flight.state = _FAILED
             self._land(key, flight)
@@ -267,7 +409,8 @@ class Group:
         """S8: the leader ended with a BaseException; hand the run to a waiter."""
         next(self._stats.errors)
         with self._lock:
-            flight.takers -= 1  # the aborted caller gets its own exception
+            if not flight.background:
+                flight.takers -= 1  # the aborted caller gets its own exception
             if flight.waiting:
                 flight.state = _HANDOFF
                 flight.owner = 0
@@ -321,9 +464,11 @@ else:  # pragma: no cover - newer Pythons keep the current task elsewhere
 class _AsyncFlight:
     """One execution of one key in one event loop, and the futures of its callers."""
 
-    __slots__ = ("discard", "state", "takers", "task", "value", "waiters")
+    __slots__ = ("background", "discard", "started", "state", "takers", "task", "value", "waiters")
 
     def __init__(self) -> None:
+        self.background = False  # a refresh nobody waits for (F1, F2)
+        self.started = 0.0  # when it began, for early= (F2)
         self.task: asyncio.Task[None] | None = None
         self.state = _RUNNING
         self.value: Any = None
@@ -444,6 +589,22 @@ class AsyncGroup:
         except TypeError:
             raise self._describe(key, args, kwargs) from None
         stats = self._stats
+        if store is not None:
+            value = store.lookup(key)
+            if value is not MISSING:
+                next(stats.hits)
+                if value.__class__ is CachedError:
+                    raise value.error  # negative caching (F4)
+                return value, None
+            if store.stale:
+                value = store.stale_value(key)
+                if value is not MISSING:
+                    # F1: serve the stale result at once; one refresh behind it.
+                    next(stats.hits)
+                    next(stats.stale)
+                    if flight is None:
+                        self._start_background(loop, fkey, fn, args, kwargs, store)
+                    return value, None
         if flight is not None:
             if flight.task is not None and flight.task is _task_of(loop):
                 raise ReentrantCallError(
@@ -454,14 +615,11 @@ class AsyncGroup:
             next(stats.coalesced)
             flight.takers += 1
             return self._wait(loop, fkey, flight)
-        if store is not None:
-            value = store.lookup(key)
-            if value is not MISSING:
-                next(stats.hits)
-                return value, None
         next(stats.misses)
         next(stats.started)
         flight = flights[fkey] = _AsyncFlight()
+        if store is not None and store.early:
+            flight.started = _time.monotonic()
         if _launch(self, loop, fkey, flight, fn, args, kwargs, store):
             # Finished in its first step: nobody else can have joined.
             state = flight.state
@@ -471,6 +629,39 @@ class AsyncGroup:
                 raise flight.value
             raise asyncio.CancelledError
         return self._wait(loop, fkey, flight)
+
+    def _start_background(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        fkey: _FlightKey,
+        fn: Callable[..., Awaitable[Any]],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        store: Store,
+    ) -> None:
+        """A refresh as a task on the caller's loop; the registry keeps it alive."""
+        flight = self._flights[fkey] = _AsyncFlight()
+        flight.background = True
+        flight.takers = 0
+        if store.early:
+            flight.started = _time.monotonic()
+        next(self._stats.started)
+        next(self._stats.refreshes)
+        flight.task = loop.create_task(self._settle(fkey, flight, fn, args, kwargs, store))
+
+    def _refresh(
+        self,
+        key: Hashable,
+        fn: Callable[..., Awaitable[Any]],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        store: Store,
+    ) -> None:
+        """Start one background refresh of ``key`` unless a flight for it is running (F2)."""
+        loop = _get_running_loop()
+        fkey = (loop, key)
+        if fkey not in self._flights:
+            self._start_background(loop, fkey, fn, args, kwargs, store)
 
     async def _settle(
         self,
@@ -499,7 +690,7 @@ class AsyncGroup:
         """Store the result (S3), leave the registry, and wake every waiting caller."""
         if ok and store is not None and not flight.discard:
             try:
-                store.save(fkey[1], value)
+                store.save(fkey[1], value, flight.started)
             except Exception as exc:
                 ok = False
                 value = exc
@@ -510,6 +701,14 @@ class AsyncGroup:
         else:
             next(self._stats.errors)
             flight.state = _FAILED
+            if store is not None and isinstance(value, Exception):
+                rescued = store.rescue(fkey[1])
+                _log_failure(store, value, rescued is not MISSING, flight.background)
+                if rescued is not MISSING:  # F3
+                    flight.state = _DONE
+                    value = rescued
+                elif not flight.discard:
+                    store.save_error(fkey[1], value)  # F4
         flight.value = value
         flights = self._flights
         if flights.get(fkey) is flight:
@@ -545,7 +744,7 @@ class AsyncGroup:
                 # This caller was cancelled: only its wait ends (S7).
                 waiters.pop(fut, None)
                 flight.takers -= 1
-                if not waiters and flight.task is not None:
+                if not waiters and flight.task is not None and not flight.background:
                     # Every caller has gone: stop the execution, leave nothing in flight.
                     flight.discard = True
                     if self._flights.get(fkey) is flight:

@@ -17,16 +17,19 @@ control it.
 
 from __future__ import annotations
 
+import math
+import random
+import sys
 import threading
 import time as _time
 import weakref
 from collections import deque
-from collections.abc import Hashable, Iterator, MutableMapping
+from collections.abc import Callable, Hashable, Iterator, MutableMapping
 from typing import Any, Final
 
 from ._fork import at_fork
 
-__all__ = ("MISSING", "MappingStore", "Store", "TTLStore", "TTLView")
+__all__ = ("MISSING", "CachedError", "MappingStore", "Store", "TTLStore", "TTLView")
 
 
 class _Missing:
@@ -39,76 +42,245 @@ class _Missing:
 MISSING: Final[Any] = _Missing()
 
 
-def _expiry(item: tuple[Hashable, tuple[Any, float]]) -> float:
-    return item[1][1]
+class CachedError:
+    """A kept exception (``error_ttl=``, F4): re-raised to callers, not run again."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+def wall_clock_too() -> bool:
+    """Whether expiry should also read the wall clock, decided when decorating.
+
+    time-machine moves only the wall clock: it does not mock ``time.monotonic``. When
+    it is loaded (its pytest plugin loads it before any test module), expiry reads
+    ``time.time()`` as well, and a result expires when either clock says so; so
+    ``travel``/``shift`` control expiry, as freezegun and a patched
+    ``time.monotonic`` do. Otherwise only ``time.monotonic`` is read.
+    """
+    return "time_machine" in sys.modules
+
+
+# An entry of the built-in store: a plain tuple, the cheapest thing to read.
+_VALUE, _FRESH, _FRESH_WALL, _BORN, _BORN_WALL, _TTL, _DELTA = range(7)
+Entry = tuple[Any, float, float, float, float, float, float]
+_INF: Final = math.inf
 
 
 class TTLStore:
-    """The built-in store: a dict of ``(value, expires_at)`` read without a lock."""
+    """The built-in store: a dict of entries read without a lock (S6).
 
-    __slots__ = ("__weakref__", "data", "lock", "maxsize", "order", "ttl")
+    An entry is ``(value, fresh_until, fresh_until_wall, born, born_wall, ttl,
+    delta)``: the hit path reads only the first three. ``born`` is when the result
+    was stored and ``delta`` how long computing it took (for ``early=``). The
+    freshness options (section 3) are windows after ``ttl``: ``stale`` (served while
+    one refresh runs in the background), ``stale_if_error`` (served when the
+    recomputation fails).
+    """
 
-    def __init__(self, ttl: float, maxsize: int | None) -> None:
+    __slots__ = (
+        "__weakref__",
+        "cache_if",
+        "data",
+        "dual",
+        "early",
+        "error_ttl",
+        "errors",
+        "keep",
+        "lock",
+        "maxsize",
+        "name",
+        "order",
+        "stale",
+        "stale_if_error",
+        "ttl",
+    )
+
+    def __init__(
+        self,
+        ttl: float | Callable[[Any], float],
+        maxsize: int | None,
+        *,
+        name: str = "",
+        stale: float = 0.0,
+        early: float = 0.0,
+        stale_if_error: float = 0.0,
+        error_ttl: float = 0.0,
+        cache_if: Callable[[Any], object] | None = None,
+        dual: bool | None = None,
+    ) -> None:
         # A plain dict: the fastest read there is. The order entries were stored in
         # is kept beside it, as (key, entry) records; a record whose entry is no
         # longer the key's current one is stale and skipped.
-        self.data: dict[Hashable, tuple[Any, float]] = {}
-        self.order: deque[tuple[Hashable, tuple[Any, float]]] = deque()
+        self.data: dict[Hashable, Entry] = {}
+        self.order: deque[tuple[Hashable, Entry]] = deque()
+        self.errors: dict[Hashable, tuple[BaseException, float, float]] = {}
         self.ttl = ttl
         self.maxsize = maxsize
+        self.name = name
+        self.stale = stale
+        self.early = early
+        self.stale_if_error = stale_if_error
+        self.error_ttl = error_ttl
+        self.cache_if = cache_if
+        self.keep = max(stale, stale_if_error)  # how long past ttl an entry may serve
+        self.dual = wall_clock_too() if dual is None else dual
         self.lock = threading.Lock()
         at_fork(self)
 
     def _after_fork(self) -> None:
         self.lock = threading.Lock()
 
+    def now(self) -> tuple[float, float]:
+        """``(monotonic, wall)``; wall is 0.0 unless time-machine is in play."""
+        return _time.monotonic(), (_time.time() if self.dual else 0.0)
+
+    def _age(self, entry: Entry, mono: float, wall: float) -> float:
+        age = mono - entry[_BORN]
+        if self.dual:
+            age = max(age, wall - entry[_BORN_WALL])
+        return age
+
     def lookup(self, key: Hashable) -> Any:
+        """The fresh value, a :class:`CachedError`, or ``MISSING``."""
+        mono, wall = self.now()
         entry = self.data.get(key)
-        if entry is not None and entry[1] > _time.monotonic():
-            return entry[0]
+        if entry is not None and self._age(entry, mono, wall) < entry[_TTL]:
+            return entry[_VALUE]
+        if self.errors:
+            kept = self.errors.get(key)
+            if kept is not None:
+                if kept[1] > mono and (not self.dual or kept[2] > wall):
+                    return CachedError(kept[0])
+                with self.lock:
+                    if self.errors.get(key) is kept:
+                        del self.errors[key]
         return MISSING
 
-    def save(self, key: Hashable, value: Any) -> None:
-        now = _time.monotonic()
-        entry = (value, now + self.ttl)
+    def _within(self, key: Hashable, window: float) -> Any:
+        entry = self.data.get(key)
+        if entry is None or not window:
+            return MISSING
+        mono, wall = self.now()
+        if self._age(entry, mono, wall) < entry[_TTL] + window:
+            return entry[_VALUE]
+        return MISSING
+
+    def stale_value(self, key: Hashable) -> Any:
+        """The value if past ``ttl`` but within ``stale`` (F1), else ``MISSING``."""
+        return self._within(key, self.stale)
+
+    def rescue(self, key: Hashable) -> Any:
+        """The old value if within ``stale_if_error`` past its expiry (F3), else ``MISSING``."""
+        return self._within(key, self.stale_if_error)
+
+    def refresh_early(self, entry: Entry) -> bool:
+        """XFetch (F2): recompute before expiry, likelier as it nears, scaled by delta."""
+        gap = -entry[_DELTA] * self.early * math.log(1.0 - random.random())
+        return _time.monotonic() + gap >= entry[_FRESH] or (
+            self.dual and _time.time() + gap >= entry[_FRESH_WALL]
+        )
+
+    def _lifetime(self, value: Any) -> float:
+        ttl = self.ttl
+        if not callable(ttl):
+            return ttl
+        seconds = ttl(value)
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+            raise TypeError(
+                f"the ttl callable of {self.name}() returned {seconds!r}; "
+                "return a number of seconds (0 or less: do not keep this result)"
+            )
+        if math.isnan(seconds) or math.isinf(seconds):
+            raise ValueError(
+                f"the ttl callable of {self.name}() returned {seconds!r}; "
+                "return a finite number of seconds"
+            )
+        return float(seconds)
+
+    def save(self, key: Hashable, value: Any, started: float = 0.0) -> None:
+        """Keep ``value`` for its ttl; ``started`` is when computing it began (or 0)."""
+        if self.cache_if is not None and not self.cache_if(value):
+            return
+        ttl = self._lifetime(value)
+        if ttl <= 0:
+            return
+        mono, wall = self.now()
+        delta = mono - started if started else 0.0
+        entry = (value, mono + ttl, wall + ttl if self.dual else _INF, mono, wall, ttl, delta)
         data = self.data
         order = self.order
         maxsize = self.maxsize
         with self.lock:
             data[key] = entry
             order.append((key, entry))
+            if self.errors:
+                self.errors.pop(key, None)
             # The front holds what was stored first, which (one ttl for all) also
-            # expires first: drop stale records, expired entries and, while over
-            # maxsize, the oldest. Amortised O(1) per save.
+            # ends first: drop stale records, entries past every window and, while
+            # over maxsize, the oldest. Amortised O(1) per save.
             while order:
                 old_key, old_entry = order[0]
                 if data.get(old_key) is not old_entry:
                     order.popleft()
-                elif old_entry[1] <= now or (maxsize is not None and len(data) > maxsize):
+                elif self._age(old_entry, mono, wall) >= old_entry[_TTL] + self.keep or (
+                    maxsize is not None and len(data) > maxsize
+                ):
                     del data[old_key]
                     order.popleft()
                 else:
                     break
             if len(order) > 2 * len(data) + 16:
-                # Many stale records behind the front: rebuild, in expiry order.
+                # Many stale records behind the front: rebuild, oldest first.
                 order.clear()
-                order.extend(sorted(data.items(), key=_expiry))
+                order.extend(sorted(data.items(), key=_born))
+
+    def save_error(self, key: Hashable, error: BaseException) -> None:
+        """Keep ``error`` for ``error_ttl`` (F4), if that option is on."""
+        if not self.error_ttl:
+            return
+        mono, wall = self.now()
+        with self.lock:
+            self.errors[key] = (error, mono + self.error_ttl, wall + self.error_ttl)
 
     def invalidate(self, key: Hashable) -> bool:
+        """Drop the result (and kept error) for ``key``; ``True`` if one could still serve."""
         with self.lock:
             entry = self.data.pop(key, None)
-        return entry is not None and entry[1] > _time.monotonic()
+            self.errors.pop(key, None)
+        if entry is None:
+            return False
+        mono, wall = self.now()
+        return self._age(entry, mono, wall) < entry[_TTL] + self.stale
 
     def clear(self) -> None:
         with self.lock:
             self.data.clear()
             self.order.clear()
+            self.errors.clear()
+
+    def _purge(self) -> None:
+        """Drop every entry past all its windows."""
+        mono, wall = self.now()
+        with self.lock:
+            data = self.data
+            for key, entry in list(data.items()):
+                if self._age(entry, mono, wall) >= entry[_TTL] + self.keep:
+                    del data[key]
 
     def currsize(self) -> int:
+        """Results kept now: entries past every window are dropped first."""
+        self._purge()
         return len(self.data)
 
     def maxsize_info(self) -> int | None:
         return self.maxsize
+
+
+def _born(item: tuple[Hashable, Entry]) -> float:
+    return item[1][_BORN]
 
 
 class TTLView(MutableMapping[Hashable, Any]):
@@ -125,7 +297,7 @@ class TTLView(MutableMapping[Hashable, Any]):
 
     def __getitem__(self, key: Hashable) -> Any:
         value = self._store.lookup(key)
-        if value is MISSING:
+        if value is MISSING or isinstance(value, CachedError):
             raise KeyError(key)
         return value
 
@@ -137,8 +309,13 @@ class TTLView(MutableMapping[Hashable, Any]):
             raise KeyError(key)
 
     def _live(self) -> list[Hashable]:
-        now = _time.monotonic()
-        return [k for k, entry in list(self._store.data.items()) if entry[1] > now]
+        store = self._store
+        mono, wall = store.now()
+        return [
+            key
+            for key, entry in list(store.data.items())
+            if store._age(entry, mono, wall) < entry[_TTL]
+        ]
 
     def __iter__(self) -> Iterator[Hashable]:
         return iter(self._live())
@@ -178,13 +355,37 @@ def guard_for(mapping: object) -> _Guard:
 
 
 class MappingStore:
-    """A mapping the user passed with ``cache=``, touched only under its guard."""
+    """A mapping the user passed with ``cache=``, touched only under its guard.
 
-    __slots__ = ("guard", "mapping")
+    The mapping decides when results expire, so the freshness windows (which are
+    measured from a ``ttl``) do not apply here; ``cache_if`` does.
+    """
 
-    def __init__(self, mapping: MutableMapping[Any, Any]) -> None:
+    __slots__ = ("cache_if", "guard", "mapping", "name")
+
+    early = 0.0
+    stale = 0.0
+
+    def __init__(
+        self,
+        mapping: MutableMapping[Any, Any],
+        *,
+        name: str = "",
+        cache_if: Callable[[Any], object] | None = None,
+    ) -> None:
         self.mapping = mapping
         self.guard = guard_for(mapping)
+        self.name = name
+        self.cache_if = cache_if
+
+    def stale_value(self, key: Hashable) -> Any:
+        return MISSING
+
+    def rescue(self, key: Hashable) -> Any:
+        return MISSING
+
+    def save_error(self, key: Hashable, error: BaseException) -> None:
+        pass
 
     def lookup(self, key: Hashable) -> Any:
         lock = self.guard.lock
@@ -196,7 +397,9 @@ class MappingStore:
         finally:
             lock.release()
 
-    def save(self, key: Hashable, value: Any) -> None:
+    def save(self, key: Hashable, value: Any, started: float = 0.0) -> None:
+        if self.cache_if is not None and not self.cache_if(value):
+            return
         with self.guard.lock:
             try:
                 self.mapping[key] = value

@@ -192,8 +192,8 @@ def test_s3_no_gap_across_loops(monkeypatch: pytest.MonkeyPatch) -> None:
     leave = threading.Event()
     original = TTLStore.save
 
-    def save(self: TTLStore, key: Any, value: Any) -> None:
-        original(self, key, value)
+    def save(self: TTLStore, key: Any, value: Any, *rest: Any) -> None:
+        original(self, key, value, *rest)
         stored.set()
         wait(leave, "the late caller")  # the flight stays open, its result stored
 
