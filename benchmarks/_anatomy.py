@@ -81,7 +81,7 @@ def anatomy(budget: Budget, rng: random.Random, *, is_async: bool) -> Table:
         key=f"{kind}_hit_anatomy",
         title=f"Anatomy of {'an async' if is_async else 'a sync'} hit "
         f"`{'await ' if is_async else ''}f(1)`",
-        unit="ns/call",
+        unit="CPU ns/call",
         baseline="plain coroutine" if is_async else "plain function",
     )
     functions: dict[str, Callable[..., Any]] = {

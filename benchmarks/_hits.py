@@ -85,7 +85,7 @@ def sync_hit(budget: Budget, rng: random.Random, *, keywords: bool) -> Table:
     table = Table(
         key="sync_hit_kw" if keywords else "sync_hit",
         title=f"Sync hit `{call}` with ttl",
-        unit="ns/call",
+        unit="CPU ns/call",
         baseline="coalesce",
     )
     functions = {"plain function": fn, **_build(_sync_hit_factories(keywords=keywords), fn, table)}
@@ -135,7 +135,7 @@ def _measure_async(
 
 def async_hit(budget: Budget, rng: random.Random) -> Table:
     """Async hit: one coroutine awaiting a warm key ``f(1)`` in a loop."""
-    table = Table(key="async_hit", title="Async hit `await f(1)` with ttl", unit="ns/call")
+    table = Table(key="async_hit", title="Async hit `await f(1)` with ttl", unit="CPU ns/call")
     table.baseline = "coalesce"
     functions = {"plain coroutine": _aone, **_build(_async_hit_factories(), _aone, table)}
     loop = asyncio.new_event_loop()
@@ -151,7 +151,9 @@ def async_hit(budget: Budget, rng: random.Random) -> Table:
 
 def sync_dedup(budget: Budget, rng: random.Random) -> Table:
     """Dedup only, no contention: ``f(1)`` through a flight registry that is always empty."""
-    table = Table(key="sync_dedup", title="Dedup only, uncontended, sync `f(1)`", unit="ns/call")
+    table = Table(
+        key="sync_dedup", title="Dedup only, uncontended, sync `f(1)`", unit="CPU ns/call"
+    )
     table.baseline = "coalesce"
     factories: dict[str, Factory] = {
         "coalesce": _peers.coalesce_bare,
@@ -169,7 +171,7 @@ def sync_dedup(budget: Budget, rng: random.Random) -> Table:
 def async_dedup(budget: Budget, rng: random.Random) -> Table:
     """Dedup only, no contention: ``await f(1)`` with nobody else asking for the key."""
     table = Table(
-        key="async_dedup", title="Dedup only, uncontended, async `await f(1)`", unit="ns/call"
+        key="async_dedup", title="Dedup only, uncontended, async `await f(1)`", unit="CPU ns/call"
     )
     table.baseline = "coalesce"
     factories: dict[str, Factory] = {

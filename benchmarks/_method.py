@@ -22,6 +22,10 @@ from typing import Any
 #: Calls written out per loop iteration, so the loop's own cost is spread thin.
 UNROLL = 10
 
+#: The clock of single-threaded timings: CPU time of the measuring thread, so time the
+#: machine gives to other processes while a sample runs is not charged to it.
+cpu_ns = time.thread_time_ns
+
 Measure = Callable[[], float]
 
 
@@ -39,9 +43,17 @@ class Budget:
     stampede_repeats: int
     thread_repeats: int
     quick: bool
+    stampede_slices: int = 1  # stampedes run per contender per repeat; the fastest is kept
 
 
-FULL = Budget(repeats=21, sample_ns=20_000_000, stampede_repeats=9, thread_repeats=11, quick=False)
+FULL = Budget(
+    repeats=21,
+    sample_ns=20_000_000,
+    stampede_repeats=7,
+    thread_repeats=7,
+    quick=False,
+    stampede_slices=3,
+)
 QUICK = Budget(repeats=5, sample_ns=4_000_000, stampede_repeats=2, thread_repeats=3, quick=True)
 
 
@@ -96,6 +108,7 @@ def interleave(
     rng: random.Random,
     *,
     slices: int = 1,
+    collect_each: bool = False,
 ) -> None:
     """Run every measure once per repeat, in a new shuffled order each time, into ``table``.
 
@@ -104,9 +117,10 @@ def interleave(
     noise only ever adds time (another process takes the core for a while), so the fastest
     slice is the one least disturbed; the median over repeats then guards against a
     repeat that was disturbed throughout. The garbage collector runs before each repeat
-    (before each measure when ``slices`` is 1: a stampede leaves much behind) and is
-    paused while a measure runs. A measure that raises is dropped from the rest of the
-    run and its error kept in ``table.errors``; the caller decides whether that matters.
+    and, when ``slices`` is 1 or ``collect_each`` is set, before each measure too (a
+    stampede leaves much behind); it is paused while a measure runs. A measure that
+    raises is dropped from the rest of the run and its error kept in ``table.errors``;
+    the caller decides whether that matters.
     """
     live = dict(measures)
     for name in live:
@@ -120,7 +134,7 @@ def interleave(
             for name in order:
                 if name not in live:
                     continue
-                if slices == 1:
+                if slices == 1 or collect_each:
                     gc.collect()
                 enabled = gc.isenabled()
                 gc.disable()
@@ -154,7 +168,7 @@ def _compile_loop(call: str, *, is_async: bool) -> Callable[..., Any]:
         f"{body}\n"
         "    return _now() - t0\n"
     )
-    namespace: dict[str, Any] = {"_repeat": itertools.repeat, "_now": time.perf_counter_ns}
+    namespace: dict[str, Any] = {"_repeat": itertools.repeat, "_now": cpu_ns}
     exec(compile(source, f"<benchmark loop {call}>", "exec"), namespace)
     return namespace["run"]  # type: ignore[no-any-return]
 

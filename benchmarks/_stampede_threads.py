@@ -162,7 +162,14 @@ def one_key(budget: Budget, rng: random.Random) -> Table:
     runs: dict[str, _OneKey] = {FLOOR: _OneKey(None)}
     for name, factory in _installed(table).items():
         runs[name] = _OneKey(factory)
-    interleave(table, runs, budget.thread_repeats, rng)
+    interleave(
+        table,
+        runs,
+        budget.thread_repeats,
+        rng,
+        slices=budget.stampede_slices,
+        collect_each=True,
+    )
     for name, run in runs.items():
         if name != FLOOR and name not in table.errors:
             table.extra[name] = {"executions": str(run.most), "wrong results": str(run.wrong)}
