@@ -33,12 +33,17 @@ class CountingRedis(redis.Redis):
 
 
 def make_backend(socket: str, *, is_async: bool = False, **options: Any) -> RedisBackend:
+    """A backend on a fresh client that fails at once when the server is gone.
+
+    ``socket_timeout`` among the options goes to the client; the rest to the backend.
+    """
     retry = Retry(NoBackoff(), 0)
+    extra = {"socket_timeout": options.pop("socket_timeout")} if "socket_timeout" in options else {}
     client: redis.Redis | redis.asyncio.Redis
     if is_async:
-        client = redis.asyncio.Redis(unix_socket_path=socket, retry=retry)
+        client = redis.asyncio.Redis(unix_socket_path=socket, retry=retry, **extra)
     else:
-        client = CountingRedis(unix_socket_path=socket, retry=retry)
+        client = CountingRedis(unix_socket_path=socket, retry=retry, **extra)
     options.setdefault("outage_cooldown", 0)
     return RedisBackend(client, **options)
 
@@ -194,9 +199,7 @@ def decorated_worker(
             return body()
 
         box: list[Any] = []
-        threads = [
-            threading.Thread(target=lambda: box.append(daily(key))) for _ in range(callers)
-        ]
+        threads = [threading.Thread(target=lambda: box.append(daily(key))) for _ in range(callers)]
         for thread in threads:
             thread.start()
         for thread in threads:
