@@ -34,6 +34,8 @@ from _http_support import (
     no_cookies,
     serve_asgi,
 )
+from fastapi import BackgroundTasks, FastAPI
+from fastapi.responses import StreamingResponse
 
 from coalesce.asgi import CoalesceMiddleware
 
@@ -406,6 +408,76 @@ def test_h3_body_of_exactly_max_body_is_shared(size: int) -> None:
         responses = asyncio.run(gather_gets(url, [{} for _ in range(N)]))
     assert probe["calls"] == 1
     assert all(r.content == b"x" * size for r in responses)
+
+
+def test_h3_leader_leaving_mid_stream_stops_the_app() -> None:
+    """H3: when the leader's client leaves while an oversized response streams to it, the
+    app's next send raises OSError (as a server's does) and the call ends."""
+    probe = Probe()
+
+    async def handler(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        try:
+            while True:  # an endless stream: only the client leaving ends it
+                await send({"type": "http.response.body", "body": b"x" * 64, "more_body": True})
+                probe.bump("sent")
+        except OSError:
+            probe.bump("stopped")
+            raise
+
+    async def main(url: str) -> None:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            async with client.stream("GET", "/endless") as response:
+                async for _ in response.aiter_raw():
+                    break
+        await probe.until(lambda p: p["stopped"] >= 1, "the app to stop")
+
+    with serving(handler, probe, max_body=100) as url:
+        asyncio.run(main(url))
+
+
+def test_h3_starlette_streaming_and_background_tasks() -> None:
+    """H3: a FastAPI app's StreamingResponse is shared when small and streamed when large,
+    and a background task runs after the shared response without holding it back."""
+    probe = Probe()
+    app = FastAPI()
+
+    async def after() -> None:
+        await probe.until(lambda p: p["clients done"] >= 1, "the clients' responses")
+        probe.bump("background done")
+
+    @app.get("/small")
+    async def small(background: BackgroundTasks) -> StreamingResponse:
+        probe.bump("small calls")
+        await probe.until(lambda p: p["arrived"] >= N)
+        background.add_task(after)
+
+        async def parts() -> Any:
+            for part in (b"one ", b"two ", b"three"):
+                yield part
+
+        return StreamingResponse(parts(), media_type="text/plain")
+
+    @app.get("/large")
+    async def large() -> StreamingResponse:
+        probe.bump("large calls")
+
+        async def parts() -> Any:
+            for _ in range(10):
+                yield b"y" * 50
+
+        return StreamingResponse(parts(), media_type="text/plain")
+
+    app.add_middleware(CoalesceMiddleware, max_body=100)
+    with serve_asgi(count_asgi(app, probe)) as url:
+        responses = asyncio.run(gather_gets(url, [{"url": "/small"} for _ in range(N)]))
+        probe.bump("clients done")
+        probe.wait(lambda p: p["background done"] >= 1, "the background task")
+        large = asyncio.run(gather_gets(url, [{"url": "/large"} for _ in range(3)]))
+    assert [r.text for r in responses] == ["one two three"] * N
+    assert probe["small calls"] == 1
+    assert [r.content for r in large] == [b"y" * 500] * 3
+    assert probe["large calls"] == 3
 
 
 # --------------------------------------------------------------------------- H4
