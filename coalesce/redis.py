@@ -940,6 +940,32 @@ class _SyncBinding(_Binding):
                 error = exc
 
     def _perform(self, step: _Step, compute: Callable[[], Any]) -> Any:
+        if isinstance(step, _Run):
+            return self._run(step, compute)
+        return self._command(step)
+
+    def _run(self, step: _Run, compute: Callable[[], Any]) -> _Ran:
+        if step.token is None:
+            try:
+                return _Ran(compute(), None)
+            except Exception as exc:
+                return _Ran(None, exc)
+        stop = threading.Event()
+        renewer = threading.Thread(
+            target=self._renew,
+            args=(step.lease_key, step.token, stop),
+            name=f"coalesce-lease:{self.name}",
+            daemon=True,
+        )
+        renewer.start()
+        try:
+            return _Ran(compute(), None)
+        except Exception as exc:
+            return _Ran(None, exc)
+        finally:
+            stop.set()
+
+    def _command(self, step: _Acquire | _Block | _Discard | _Finish | _Store) -> Any:
         if isinstance(step, _Acquire):
             return self._acquire(
                 keys=(step.value_key, step.lease_key),
@@ -949,26 +975,6 @@ class _SyncBinding(_Binding):
             return self._execute(
                 "BLMOVE", step.done_key, step.done_key, "RIGHT", "LEFT", step.timeout
             )
-        if isinstance(step, _Run):
-            if step.token is None:
-                try:
-                    return _Ran(compute(), None)
-                except Exception as exc:
-                    return _Ran(None, exc)
-            stop = threading.Event()
-            renewer = threading.Thread(
-                target=self._renew,
-                args=(step.lease_key, step.token, stop),
-                name=f"coalesce-lease:{self.name}",
-                daemon=True,
-            )
-            renewer.start()
-            try:
-                return _Ran(compute(), None)
-            except Exception as exc:
-                return _Ran(None, exc)
-            finally:
-                stop.set()
         if isinstance(step, _Finish):
             keys, args = self._finish_args(step)
             return self._finish(keys=keys, args=args)
@@ -1046,6 +1052,37 @@ class _AsyncBinding(_Binding):
                 error = exc
 
     async def _perform(self, step: _Step, compute: Callable[[], Awaitable[Any]]) -> Any:
+        if isinstance(step, _Run):
+            return await self._run(step, compute)
+        try:
+            return await self._command(step)
+        except RuntimeError as exc:
+            if "loop" not in str(exc):
+                raise
+            raise RuntimeError(
+                f"{self.name}: the redis.asyncio client of this RedisBackend was used in "
+                f"another event loop ({exc}). A redis-py asyncio client belongs to one loop "
+                "at a time: close it with `await backend.client.aclose()` before that loop "
+                "ends (then the next loop can use it), or give each loop a backend of its own"
+            ) from exc
+
+    async def _run(self, step: _Run, compute: Callable[[], Awaitable[Any]]) -> _Ran:
+        if step.token is None:
+            try:
+                return _Ran(await compute(), None)
+            except Exception as exc:
+                return _Ran(None, exc)
+        renewer = asyncio.get_running_loop().create_task(
+            self._renew(step.lease_key, step.token), name=f"coalesce-lease:{self.name}"
+        )
+        try:
+            return _Ran(await compute(), None)
+        except Exception as exc:
+            return _Ran(None, exc)
+        finally:
+            renewer.cancel()
+
+    async def _command(self, step: _Acquire | _Block | _Discard | _Finish | _Store) -> Any:
         if isinstance(step, _Acquire):
             return await self._acquire(
                 keys=(step.value_key, step.lease_key),
@@ -1055,21 +1092,6 @@ class _AsyncBinding(_Binding):
             return await self._execute(
                 "BLMOVE", step.done_key, step.done_key, "RIGHT", "LEFT", step.timeout
             )
-        if isinstance(step, _Run):
-            if step.token is None:
-                try:
-                    return _Ran(await compute(), None)
-                except Exception as exc:
-                    return _Ran(None, exc)
-            renewer = asyncio.get_running_loop().create_task(
-                self._renew(step.lease_key, step.token), name=f"coalesce-lease:{self.name}"
-            )
-            try:
-                return _Ran(await compute(), None)
-            except Exception as exc:
-                return _Ran(None, exc)
-            finally:
-                renewer.cancel()
         if isinstance(step, _Finish):
             keys, args = self._finish_args(step)
             return await self._finish(keys=keys, args=args)

@@ -885,6 +885,45 @@ def test_r6_an_outage_still_coalesces_in_process(
     assert len(warnings_about_redis(caplog)) == 1
 
 
+def test_s10_an_async_backend_serves_a_new_loop_after_aclose(redis_server: RedisServer) -> None:
+    """S10: closing the client at the end of a loop lets the next asyncio.run use it."""
+    backend = make_backend(redis_server.socket, is_async=True)
+
+    @singleflight(ttl=30, backend=backend, name="loops")
+    async def double(x: int) -> int:
+        return x * 2
+
+    async def main(x: int) -> int:
+        try:
+            return await double(x)
+        finally:
+            await backend.client.aclose()
+
+    assert [asyncio.run(main(x)) for x in (1, 2, 1)] == [2, 4, 2]
+
+
+def test_s10_an_async_client_of_another_loop_is_a_clear_error(
+    redis_server: RedisServer,
+) -> None:
+    """S10: a redis.asyncio client still open in another loop fails with a clear error."""
+    backend = make_backend(redis_server.socket, is_async=True)
+    bound = backend.bind(areport, name="report", ttl=30.0, is_async=True)
+
+    async def one() -> int:
+        return 1
+
+    first = asyncio.new_event_loop()
+    second = asyncio.new_event_loop()
+    try:
+        assert first.run_until_complete(bound.acall(("a",), one)) == 1
+        with pytest.raises(RuntimeError, match=r"another event loop.*aclose\(\)"):
+            second.run_until_complete(bound.acall(("b",), one))
+    finally:
+        first.run_until_complete(backend.client.aclose())
+        second.close()
+        first.close()
+
+
 # -------------------------------------------------------------------- invalidate, clear
 
 
