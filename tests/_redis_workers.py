@@ -1,8 +1,8 @@
-"""Code that the Redis tests run in worker processes (``multiprocessing``, spawn context).
+"""Code that the Redis tests run in worker processes (``multiprocessing``).
 
-Module-level functions, so that a fresh interpreter can import and run them: real
-processes, each with its own client and its own ``RedisBackend``, as in a fleet of
-workers. Nothing here imports pytest, so the workers start fast.
+Module-level functions, so that a process of their own can import and run them: each
+worker makes its own client and its own ``RedisBackend``, as in a fleet of workers.
+Nothing here imports pytest, so the workers start fast.
 """
 
 from __future__ import annotations
