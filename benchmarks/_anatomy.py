@@ -24,6 +24,7 @@ from benchmarks._method import (
     Measure,
     Table,
     async_loop,
+    close_loop,
     interleave,
     sync_loop,
 )
@@ -113,7 +114,7 @@ def anatomy(budget: Budget, rng: random.Random, *, is_async: bool) -> Table:
         interleave(table, measures, budget.repeats, rng, slices=SLICES)
     finally:
         if loop is not None:
-            loop.close()
+            close_loop(loop)
     table.notes.append(
         "Hand-built hit paths. `lookup, bare key` is a dict lookup and an entry read; "
         "`+` rows add one piece each to the row before (a 1-tuple key, the clock read at "

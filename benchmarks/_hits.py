@@ -14,6 +14,7 @@ from benchmarks._method import (
     Measure,
     Table,
     async_loop,
+    close_loop,
     interleave,
     sync_loop,
 )
@@ -143,8 +144,7 @@ def async_hit(budget: Budget, rng: random.Random) -> Table:
         measures = _measure_async(table, functions, "f(1)", budget, loop)
         interleave(table, measures, budget.repeats, rng, slices=SLICES)
     finally:
-        loop.run_until_complete(loop.shutdown_asyncgens())
-        loop.close()
+        close_loop(loop)
     table.notes.append("`plain coroutine` is `await f(1)` on the undecorated `async def`.")
     return table
 
@@ -193,8 +193,7 @@ def async_dedup(budget: Budget, rng: random.Random) -> Table:
                 loop.run_until_complete(_s7_holds(factories[name]))
             )
     finally:
-        loop.run_until_complete(loop.shutdown_asyncgens())
-        loop.close()
+        close_loop(loop)
     table.notes.append(
         "singleflight (asyncio) is keyed by `str(args)` like a decorator would be; the "
         "`call, fixed key` row is its cheapest use, a constant key and no wrapper."

@@ -49,10 +49,10 @@ class Budget:
 FULL = Budget(
     repeats=21,
     sample_ns=20_000_000,
-    stampede_repeats=7,
-    thread_repeats=7,
+    stampede_repeats=5,
+    thread_repeats=5,
     quick=False,
-    stampede_slices=3,
+    stampede_slices=2,
 )
 QUICK = Budget(repeats=5, sample_ns=4_000_000, stampede_repeats=2, thread_repeats=3, quick=True)
 
@@ -208,3 +208,14 @@ def async_loop(
 
     n = _calibrate(run, sample_ns // SLICES)
     return lambda: run(n) / (n * UNROLL)
+
+
+def close_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """Cancel what the peers left running on ``loop`` (expiry sweepers, lock waiters), close it."""
+    pending = [task for task in asyncio.all_tasks(loop) if not task.done()]
+    for task in pending:
+        task.cancel()
+    if pending:
+        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+    loop.run_until_complete(loop.shutdown_asyncgens())
+    loop.close()

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from benchmarks import _peers
-from benchmarks._method import Budget, Table, cpu_ns, interleave
+from benchmarks._method import Budget, Table, close_loop, cpu_ns, interleave
 
 FLOOR = "bare Future (floor)"
 SLOW_PEERS_UP_TO = 1000  # callers; past this, the sleep-polling peers are left out
@@ -117,7 +117,7 @@ def stampede(budget: Budget, rng: random.Random, *, keys: int, waiters: int) -> 
             collect_each=True,
         )
     finally:
-        _close(loop)
+        close_loop(loop)
 
     for name, run in runs.items():
         if name == FLOOR or name in table.errors:
@@ -141,13 +141,3 @@ def max_executions(table: Table, name: str) -> float | None:
     """The most executions one key saw in one repeat, for the no-stampede check."""
     cell = table.extra.get(name, {}).get("executions per key")
     return None if cell is None else float(cell)
-
-
-def _close(loop: asyncio.AbstractEventLoop) -> None:
-    pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
-    for task in pending:
-        task.cancel()
-    if pending:
-        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-    loop.run_until_complete(loop.shutdown_asyncgens())
-    loop.close()
