@@ -290,7 +290,11 @@ class _Client:
 async def _listen(client: _Client) -> None:
     """Wait for ``client`` to disconnect; then end its wait by cancelling its task."""
     while True:
-        message = await client.receive()
+        try:
+            message = await client.receive()
+        except Exception:  # a server's receive failing: stop listening, serve on
+            _log.debug("receive() failed while listening for a disconnect", exc_info=True)
+            return
         if message["type"] == "http.disconnect":
             client.disconnected = True
             assert client.task is not None
