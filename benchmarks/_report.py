@@ -27,18 +27,27 @@ def _cpu() -> str:
     return platform.processor() or platform.machine()
 
 
-def _commit(root: Path) -> str:
+def _git(root: Path, *args: str) -> str | None:
     try:
         out = subprocess.run(
-            ["git", "-C", str(root), "describe", "--always", "--dirty"],
+            ["git", "-C", str(root), *args],
             capture_output=True,
             text=True,
             timeout=10,
             check=True,
         )
     except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip()
+
+
+def _commit(root: Path) -> str:
+    """The commit measured, and whether the package itself had uncommitted changes."""
+    commit = _git(root, "rev-parse", "--short", "HEAD")
+    if not commit:
         return "unknown"
-    return out.stdout.strip() or "unknown"
+    changed = _git(root, "status", "--porcelain", "--", "coalesce")
+    return f"{commit} with uncommitted changes to coalesce/" if changed else commit
 
 
 def machine(root: Path, command: str) -> list[str]:
