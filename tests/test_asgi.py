@@ -867,3 +867,24 @@ def test_h1_fastapi_example_runs_the_handler_once() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "the handler ran 1 time for 5 clients" in done.stdout
+
+
+# ----------------------------------------------------------------------- typing
+
+
+@pytest.mark.timeout(300)
+def test_h1_middleware_types_check_strictly() -> None:
+    """H1: the middlewares type-check as users wire them (FastAPI's add_middleware too), and
+    a misspelt option is flagged by the type checker as well as at run time."""
+    mypy_api = pytest.importorskip("mypy.api", reason="mypy is in the lint extra")
+    here = Path(__file__).parent
+    stdout, stderr, status = mypy_api.run(
+        [
+            "--strict",
+            "--no-incremental",
+            "--config-file",
+            str(here.parent / "pyproject.toml"),
+            str(here / "typing" / "check_middleware.py"),
+        ]
+    )
+    assert status == 0, stdout + stderr
