@@ -102,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         print("coalesce cannot be imported: run `pip install -e .[bench]` first.", file=sys.stderr)
         return 1
 
-    command = "python -m benchmarks" + (" " + " ".join(sys.argv[1:]) if argv is None else "")
+    given = sys.argv[1:] if argv is None else argv
+    command = " ".join(["python -m benchmarks", *given])
     started = time.monotonic()
     tables: dict[str, Table] = {}
     crashed: list[str] = []
