@@ -107,10 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     tables: dict[str, Table] = {}
     crashed: list[str] = []
-    for index, name in enumerate(names):
+    for name in names:
         t0 = time.monotonic()
         try:
-            table = SCENARIOS[name](budget, random.Random(args.seed + index))
+            table = SCENARIOS[name](budget, random.Random(f"{args.seed}:{name}"))
         except Exception:
             crashed.append(name)
             print(f"{name}: CRASHED\n{traceback.format_exc()}", file=sys.stderr, flush=True)

@@ -32,6 +32,7 @@ P4_THREADS = 16
 P4_KEYS = 64
 FLOOR = "bare threading.Event (floor)"
 WAIT = 30.0  # seconds: no wait here is unbounded; a hang becomes an error
+QUIET_POLLS = 8  # 1 ms polls with no caller activity before the callers count as parked
 Factory = Callable[[], _peers.Decorator]
 
 
@@ -263,13 +264,20 @@ def _many_keys(factory: Factory, orders: list[list[int]]) -> dict[str, str]:
         thread.start()
     released = 0
     try:
+        idle_since: float | None = None
         while any(t.is_alive() for t in threads):
             _quiet(counter, threads, states)
             started = sorted({s.key for s in states.values() if s.in_body and s.key is not None})
             if not started:
                 if not any(t.is_alive() for t in threads):
                     break
-                raise RuntimeError("every caller waits and no execution runs: a deadlock")
+                # Settled, yet no execution runs: a deadlock, or a thread the machine has
+                # not scheduled for a while. Look again for a second before calling it one.
+                idle_since = time.monotonic() if idle_since is None else idle_since
+                if time.monotonic() - idle_since > 1.0:
+                    raise RuntimeError("every caller waits and no execution runs: a deadlock")
+                continue
+            idle_since = None
             key = started[0]
             counter.waiting = {
                 ident: s.key for ident, s in idents.items() if s.key is not None and not s.in_body
@@ -300,7 +308,7 @@ def _quiet(
     deadline = time.monotonic() + WAIT
     previous = -1
     stable = 0
-    while stable < 5:
+    while stable < QUIET_POLLS:
         if time.monotonic() > deadline:
             raise TimeoutError(f"the caller threads never settled in {WAIT:g} s")
         time.sleep(0.001)
