@@ -75,7 +75,7 @@ async def ask(url: str) -> list[httpx.Response]:
 def main() -> int:
     log.addHandler(logging.StreamHandler(sys.stdout))
     log.setLevel(logging.INFO)
-    sock = socket.socket()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.bind(("127.0.0.1", 0))
     sock.listen(128)  # clients may connect before the server's loop is up
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"
