@@ -140,8 +140,11 @@ class CoalesceMiddleware:
         keyed = self._keyed
         found: dict[bytes, list[bytes]] = {}
         for name, value in scope.get("headers", ()):
+            # ASGI servers send lower-case names; lower them anyway, as a credential
+            # that slipped past in capitals would be shared.
+            name = bytes(name).lower()
             if name in keyed or name in _BODY_HEADERS or name in _CREDENTIAL_BYTES:
-                found.setdefault(bytes(name).lower(), []).append(bytes(value))
+                found.setdefault(name, []).append(bytes(value))
         # A request with a body passes: the body is not part of the key.
         if b"transfer-encoding" in found:
             return None

@@ -326,6 +326,52 @@ def test_h2_private_coalesces_only_equal_credentials() -> None:
         assert response.text == expected
 
 
+def test_h2_credentials_in_capitals_still_pass_through() -> None:
+    """H2: a server that sends header names in capitals (against the ASGI spec) still
+    has requests with credentials passed straight through."""
+    calls: list[str] = []
+    both_in = asyncio.Event()
+
+    async def handler(scope: Scope, receive: Receive, send: Send) -> None:
+        calls.append(header(scope, b"Authorization"))
+        if len(calls) == 2:
+            both_in.set()
+        await asyncio.wait_for(both_in.wait(), 10)
+        await asgi_respond(send, b"ok")
+
+    middleware = CoalesceMiddleware(handler)
+
+    async def request(user: str) -> None:
+        scope = {
+            "type": "http",
+            "method": "GET",
+            "path": "/",
+            "query_string": b"",
+            "headers": [(b"Authorization", user.encode())],
+        }
+
+        messages = [{"type": "http.request", "body": b"", "more_body": False}]
+        done = asyncio.Event()
+
+        async def receive() -> Message:
+            if messages:
+                return messages.pop()
+            await done.wait()  # as a server does until the response is complete
+            return {"type": "http.disconnect"}
+
+        async def send(message: Message) -> None:
+            if not message.get("more_body", True):
+                done.set()
+
+        await middleware(scope, receive, send)
+
+    async def main() -> None:
+        await asyncio.gather(request("alice"), request("bob"))
+
+    asyncio.run(main())
+    assert sorted(calls) == ["alice", "bob"]
+
+
 @pytest.mark.parametrize(
     "private_header",
     [
