@@ -62,7 +62,9 @@ def _environ_name(header: str) -> str:
     return name if name in ("CONTENT_TYPE", "CONTENT_LENGTH") else "HTTP_" + name
 
 
-_CREDENTIAL_KEYS: Final = tuple(_environ_name(name) for name in CREDENTIALS)
+# With REMOTE_USER the server itself has authenticated the client (and may have kept
+# the Authorization header from the app): it counts as a credential too.
+_CREDENTIAL_KEYS: Final = (*(_environ_name(name) for name in CREDENTIALS), "REMOTE_USER")
 
 
 class CoalesceMiddleware:
@@ -173,6 +175,7 @@ class CoalesceMiddleware:
             environ.get("PATH_INFO", ""),
             environ.get("QUERY_STRING", ""),
             environ.get("RAW_URI", environ.get("REQUEST_URI")),
+            environ.get("REMOTE_USER") if options.private else None,
             tuple(environ.get(name) for name in self._keyed),
             user,
         )

@@ -239,6 +239,33 @@ def test_h2_private_coalesces_only_equal_credentials() -> None:
     assert served.probe["calls"] == 3
 
 
+@pytest.mark.parametrize("private", [False, True], ids=["default", "private"])
+def test_h2_server_authenticated_users_are_credentials(private: bool) -> None:
+    """H2: a request the server authenticated (REMOTE_USER set, Authorization kept from
+    the app) passes through by default, and with private=True coalesces per user."""
+    served = Served(Probe())
+
+    def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        served.probe.bump("calls")
+        expected = 1 if private else 0
+        served.probe.settle(lambda: served.probe["arrived"] >= 3 and served.joined() >= expected)
+        start_response("200 OK", [])
+        return [environ["REMOTE_USER"].encode()]
+
+    def authenticating(environ: dict[str, Any], start_response: StartResponse) -> Any:
+        # As a front server would: authenticate, set REMOTE_USER, drop the header.
+        environ["REMOTE_USER"] = environ.pop("HTTP_AUTHORIZATION").removeprefix("Basic ")
+        return middleware(environ, start_response)
+
+    users = ["alice", "bob", "alice"]
+    requests = [{"headers": {"authorization": f"Basic {user}"}} for user in users]
+    middleware = served.middleware = CoalesceMiddleware(app, private=private)
+    with serve_wsgi(count_wsgi(authenticating, served.probe)) as url:
+        responses = asyncio.run(gather_gets(url, requests))
+    assert [r.text for r in responses] == users
+    assert served.probe["calls"] == (2 if private else 3)
+
+
 @pytest.mark.parametrize(
     "private_header",
     [("Set-Cookie", "session=fresh"), ("Cache-Control", "private"), ("Cache-Control", "no-store")],
