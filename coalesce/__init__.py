@@ -7,6 +7,7 @@ cold or expired key still runs once, never once per caller.
 
 from __future__ import annotations
 
+from ._decorator import AsyncSingleflightFunction as AsyncSingleflightFunction
 from ._decorator import BoundSingleflightFunction as BoundSingleflightFunction
 from ._decorator import CacheInfo as CacheInfo
 from ._decorator import SingleflightFunction as SingleflightFunction
@@ -20,6 +21,7 @@ __version__ = "0.1.0"
 
 __all__ = (
     "AsyncGroup",
+    "AsyncSingleflightFunction",
     "BoundSingleflightFunction",
     "CacheInfo",
     "Group",

@@ -31,7 +31,13 @@ from ._flight import AsyncGroup, Group, Stats
 from ._keys import KeyPlan, KeySource, describe_unhashable, key_source, plan_key
 from ._store import MISSING, MappingStore, Store, TTLStore, TTLView
 
-__all__ = ("CacheInfo", "SingleflightFunction", "singleflight")
+__all__ = (
+    "AsyncSingleflightFunction",
+    "BoundSingleflightFunction",
+    "CacheInfo",
+    "SingleflightFunction",
+    "singleflight",
+)
 
 P = ParamSpec("P")
 P2 = ParamSpec("P2")
@@ -131,6 +137,16 @@ class SingleflightFunction(Protocol[P, R_co]):
     ) -> BoundSingleflightFunction[S, P2, R]: ...
 
 
+class AsyncSingleflightFunction(SingleflightFunction[P, Awaitable[R_co]], Protocol[P, R_co]):
+    """The type of an ``async def`` function decorated with ``@singleflight``.
+
+    Adds awaitable helpers that also reach an async Redis backend.
+    """
+
+    async def ainvalidate(self, *args: P.args, **kwargs: P.kwargs) -> bool: ...
+    async def acache_clear(self) -> None: ...
+
+
 class BoundSingleflightFunction(Protocol, Generic[S_contra, P, R_co]):
     """A decorated method, reached through an instance.
 
@@ -177,7 +193,7 @@ def _is_async(func: Callable[..., Any]) -> bool:
 def singleflight(
     func: Callable[P, Awaitable[R]],
     /,
-) -> SingleflightFunction[P, Awaitable[R]]: ...
+) -> AsyncSingleflightFunction[P, R]: ...
 @overload
 def singleflight(func: Callable[P, R], /) -> SingleflightFunction[P, R]: ...
 @overload
@@ -410,9 +426,7 @@ class _Decorator:
         self._options = options
 
     @overload
-    def __call__(
-        self, func: Callable[P, Awaitable[R]], /
-    ) -> SingleflightFunction[P, Awaitable[R]]: ...
+    def __call__(self, func: Callable[P, Awaitable[R]], /) -> AsyncSingleflightFunction[P, R]: ...
     @overload
     def __call__(self, func: Callable[P, R], /) -> SingleflightFunction[P, R]: ...
     def __call__(self, func: Callable[..., Any], /) -> Any:
@@ -433,6 +447,7 @@ def _build(func: Callable[..., Any], options: _Options) -> Any:
     group._describe = describe
 
     qualname = _qualname(func)
+    bound: Any = None
     store: Store | None
     run: Callable[..., Any] = func
     keyed = False
@@ -464,7 +479,7 @@ def _build(func: Callable[..., Any], options: _Options) -> Any:
     source = key_source(func, options.key, options.typed)  # type: ignore[arg-type]
     wrapper = _compile_wrapper(func, run, keyed, is_async, plan, source, group, store, describe)
     functools.update_wrapper(wrapper, func)
-    _attach(wrapper, plan, group, store, describe)
+    _attach(wrapper, plan, group, store, describe, bound, is_async)
     return wrapper
 
 
@@ -619,6 +634,8 @@ def _attach(
     group: Group | AsyncGroup,
     store: Store | None,
     describe: _Describe,
+    bound: Any,
+    is_async: bool,
 ) -> None:
     """Give the wrapper its helpers: ``cache``, ``cache_key()``, ``cache_info()``, ..."""
     n = plan.fast_nargs
@@ -653,22 +670,53 @@ def _attach(
             counts.refreshes,
         )
 
-    def cache_clear() -> None:
-        """Empty the cache and reset the counters; executions in flight store nothing."""
+    def clear_here() -> None:
         group._discard_all()
         if store is not None:
             store.clear()
         stats.reset()
 
+    def invalidate_here(key: Hashable) -> bool:
+        group._discard(key)
+        return store.invalidate(key) if store is not None else False
+
+    def cache_clear() -> None:
+        """Empty the cache and reset the counters; executions in flight store nothing.
+
+        With a Redis backend and a sync client, the function's keys in Redis go too;
+        with an async client, ``await f.acache_clear()`` does that.
+        """
+        clear_here()
+        if bound is not None and not is_async:
+            bound.clear()
+
     def invalidate(*args: Any, **kwargs: Any) -> bool:
         """Drop the cached result for these arguments; ``True`` if a live one was dropped.
 
         An execution of that key already in flight still answers its callers, but
-        does not store its (possibly stale) result.
+        does not store its (possibly stale) result. With a Redis backend and a sync
+        client, the value in Redis goes too; with an async client, ``await
+        f.ainvalidate(...)`` does that.
         """
         key = checked_key(args, kwargs)
-        group._discard(key)
-        return store.invalidate(key) if store is not None else False
+        dropped = invalidate_here(key)
+        if bound is not None and not is_async:
+            dropped = bound.invalidate(key) or dropped
+        return dropped
+
+    async def ainvalidate(*args: Any, **kwargs: Any) -> bool:
+        """:meth:`invalidate` for ``async def`` functions: also drops the value in Redis."""
+        key = checked_key(args, kwargs)
+        dropped = invalidate_here(key)
+        if bound is not None:
+            dropped = await bound.ainvalidate(key) or dropped
+        return dropped
+
+    async def acache_clear() -> None:
+        """:meth:`cache_clear` for ``async def`` functions: also clears Redis."""
+        clear_here()
+        if bound is not None:
+            await bound.aclear()
 
     def forget(*args: Any, **kwargs: Any) -> bool:
         """Later callers start a new execution instead of joining the one in flight.
@@ -689,3 +737,6 @@ def _attach(
     wrapper.cache_clear = cache_clear
     wrapper.invalidate = invalidate
     wrapper.forget = forget
+    if is_async:
+        wrapper.ainvalidate = ainvalidate
+        wrapper.acache_clear = acache_clear

@@ -1061,3 +1061,50 @@ def test_docs_redis_examples_run(
         for value in namespace.values():
             if isinstance(value, RedisBackend) and not value.is_async:
                 value.client.close()
+
+
+def test_invalidate_and_cache_clear_reach_redis(redis_server: RedisServer) -> None:
+    """R1: invalidate() and cache_clear() drop the value in Redis, so the next call runs."""
+    backend = make_backend(redis_server.socket)
+    runs: list[int] = []
+
+    @singleflight(ttl=30, backend=backend, name="dropped")
+    def square(x: int) -> int:
+        runs.append(x)
+        return x * x
+
+    assert square(3) == 9 and square(3) == 9
+    assert runs == [3]
+    assert square.invalidate(3) is True
+    assert square.invalidate(3) is False
+    assert square(3) == 9
+    assert runs == [3, 3]
+    square.cache_clear()
+    assert square(3) == 9
+    assert runs == [3, 3, 3]
+
+
+def test_ainvalidate_and_acache_clear_reach_redis(redis_server: RedisServer) -> None:
+    """R1: with an async client, await ainvalidate()/acache_clear() drop the value in Redis."""
+    backend = make_backend(redis_server.socket, is_async=True)
+    runs: list[int] = []
+
+    @singleflight(ttl=30, backend=backend, name="adropped")
+    async def square(x: int) -> int:
+        runs.append(x)
+        return x * x
+
+    async def main() -> None:
+        try:
+            assert await square(3) == 9 and await square(3) == 9
+            assert runs == [3]
+            assert await square.ainvalidate(3) is True
+            assert await square(3) == 9
+            assert runs == [3, 3]
+            await square.acache_clear()
+            assert await square(3) == 9
+            assert runs == [3, 3, 3]
+        finally:
+            await backend.client.aclose()
+
+    asyncio.run(main())

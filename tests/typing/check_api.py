@@ -57,6 +57,8 @@ async def use() -> None:
     assert_type(load.cache_key("a"), Hashable)
     assert_type(fetch_user.invalidate(1), bool)
     assert_type(fetch_user.forget(1), bool)
+    assert_type(await fetch_user.ainvalidate(1), bool)
+    await fetch_user.acache_clear()
     assert_type(service.lookup.invalidate(service, "x"), bool)
     load.cache_clear()
     reveal = fetch_user(2)
@@ -76,3 +78,4 @@ async def use() -> None:
     service.lookup(3)  # type: ignore[arg-type]
     group.do("k", load.__wrapped__, 3)  # type: ignore[arg-type]
     load.invalidate(b"x")  # type: ignore[arg-type]
+    load.ainvalidate("x")  # type: ignore[attr-defined]
