@@ -1073,7 +1073,8 @@ def test_invalidate_and_cache_clear_reach_redis(redis_server: RedisServer) -> No
         runs.append(x)
         return x * x
 
-    assert square(3) == 9 and square(3) == 9
+    assert square(3) == 9
+    assert square(3) == 9
     assert runs == [3]
     assert square.invalidate(3) is True
     assert square.invalidate(3) is False
@@ -1096,7 +1097,8 @@ def test_ainvalidate_and_acache_clear_reach_redis(redis_server: RedisServer) -> 
 
     async def main() -> None:
         try:
-            assert await square(3) == 9 and await square(3) == 9
+            assert await square(3) == 9
+            assert await square(3) == 9
             assert runs == [3]
             assert await square.ainvalidate(3) is True
             assert await square(3) == 9
