@@ -15,7 +15,12 @@ HERE = Path(__file__).parent
 def test_public_api_types_check_strictly() -> None:
     """Decorated sync, async and method calls keep their types; wrong arguments are flagged."""
     stdout, stderr, status = mypy_api.run(
-        ["--strict", "--no-incremental", "--config-file", str(HERE.parent / "pyproject.toml"),
-         str(HERE / "typing" / "check_api.py")]
+        [
+            "--strict",
+            "--no-incremental",
+            "--config-file",
+            str(HERE.parent / "pyproject.toml"),
+            str(HERE / "typing" / "check_api.py"),
+        ]
     )
     assert status == 0, stdout + stderr
