@@ -541,7 +541,7 @@ _LOOKUPS = {
             raise _sf_describe(_sf_key, {args}, {kwargs}) from None
         else:
             if _sf_entry[1] > _sf_time.monotonic(){wall}:
-                _sf_hit(){early}
+                next(_sf_hits){early}
                 return _sf_entry[0]
 """,
     # A user's mapping: only under its guard (S17).
@@ -557,7 +557,7 @@ _LOOKUPS = {
         finally:
             _sf_lock.release()
         if _sf_value is not _sf_MISSING:
-            _sf_hit()
+            next(_sf_hits)
             return _sf_value
 """,
 }
@@ -580,7 +580,7 @@ def _compile_wrapper(
         "_sf_run": run,
         "_sf_store": store,
         "_sf_describe": describe,
-        "_sf_hit": group._stats.hits.__next__,
+        "_sf_hits": group._stats.hits,
         "_sf_time": _time,
         "_sf_MISSING": MISSING,
     }

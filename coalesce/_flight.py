@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import itertools
 import logging
+import queue
 import sys
 import threading
 import time as _time
@@ -132,6 +134,57 @@ def _log_failure(store: Store, exc: BaseException, rescued: bool, background: bo
         )
 
 
+class _Workers:
+    """Daemon threads that run background refreshes (F1, F2).
+
+    An idle worker takes the next refresh at once, so the caller that starts one
+    does not wait for a thread to start; a new worker starts only when none is idle,
+    and a worker idle for a while ends. Daemon threads never keep the process from
+    exiting.
+    """
+
+    IDLE_SECONDS = 30.0
+
+    def __init__(self) -> None:
+        self._after_fork()
+        at_fork(self)
+
+    def _after_fork(self) -> None:
+        self.jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self.idle = 0
+        self.lock = threading.Lock()
+
+    def submit(self, job: Callable[[], None]) -> None:
+        with self.lock:
+            self.jobs.put(job)
+            if self.idle:
+                self.idle -= 1  # that worker is taken
+                return
+        worker = threading.Thread(target=self._work, name="coalesce-refresh", daemon=True)
+        worker.start()
+
+    def _work(self) -> None:
+        while True:
+            try:
+                job = self.jobs.get(timeout=self.IDLE_SECONDS)
+            except queue.Empty:
+                with self.lock:
+                    if self.jobs.empty():
+                        self.idle -= 1
+                        return
+                continue
+            try:
+                job()
+            except BaseException:
+                _log.exception("coalesce: a background refresh ended abnormally")
+            del job
+            with self.lock:
+                self.idle += 1
+
+
+_workers = _Workers()
+
+
 def _nested(depth: int, fn: Callable[..., None], *args: Any) -> None:
     """Call ``fn`` a few frames below here.
 
@@ -162,8 +215,9 @@ class _Flight:
 
     def __init__(self, owner: int) -> None:
         self.background = False  # a refresh nobody waits for (F1, F2)
-        self.lock = threading.Lock()
-        self.lock.acquire()  # held while running; waiters block on it
+        # Made by the first caller to join, already acquired on the leader's behalf;
+        # the leader releases it when it lands. A call nobody joins needs no lock.
+        self.lock: threading.Lock | None = None
         self.owner = owner  # thread running it, for S9
         self.state = _RUNNING
         self.value: Any = None  # the result, or the exception when FAILED
@@ -260,7 +314,9 @@ class Group:
                 flight = self._flights.get(key)
             except TypeError:
                 raise self._describe(key, args, kwargs) from None
-            if store is not None:
+            # With a flight running there is no fresh result, unless that flight is a
+            # refresh (stale=, early=): then look anyway.
+            if store is not None and (flight is None or store.refreshes):
                 value = store.lookup(key)
                 if value is not MISSING:
                     next(stats.hits)
@@ -287,6 +343,9 @@ class Group:
             else:
                 flight.waiting += 1
                 flight.takers += 1
+                if flight.lock is None:
+                    flight.lock = threading.Lock()
+                    flight.lock.acquire()
                 leader = False
         finally:
             lock.release()
@@ -331,15 +390,12 @@ class Group:
         kwargs: dict[str, Any],
         store: Store | None,
     ) -> None:
-        # A daemon thread: a refresh never keeps the process from exiting.
-        thread = threading.Thread(
-            target=_nested,
-            args=(6, self._run_background, key, flight, fn, args, kwargs, store),
-            name=f"coalesce-refresh-{getattr(store, 'name', '')}",
-            daemon=True,
-        )
         try:
-            thread.start()
+            _workers.submit(
+                functools.partial(
+                    _nested, 6, self._run_background, key, flight, fn, args, kwargs, store
+                )
+            )
         except BaseException:
             self._abort(key, flight)
             raise
@@ -402,8 +458,10 @@ class Group:
         with self._lock:
             if self._flights.get(key) is flight:
                 del self._flights[key]
+            waiters = flight.lock  # nobody can join once it has left the registry
         next(self._stats.ended)
-        flight.lock.release()  # wakes this key's first waiter, which wakes the next
+        if waiters is not None:
+            waiters.release()  # wakes this key's first waiter, which wakes the next
 
     def _abort(self, key: Hashable, flight: _Flight) -> None:
         """S8: the leader ended with a BaseException; hand the run to a waiter."""
@@ -418,8 +476,10 @@ class Group:
                 flight.state = _ABANDONED
                 if self._flights.get(key) is flight:
                     del self._flights[key]
+            waiters = flight.lock
         next(self._stats.ended)
-        flight.lock.release()
+        if waiters is not None:
+            waiters.release()
 
     def _wait(
         self,
@@ -430,7 +490,9 @@ class Group:
         kwargs: dict[str, Any],
         store: Store | None,
     ) -> Any:
-        flight.lock.acquire()
+        waiters = flight.lock
+        assert waiters is not None  # made when this caller joined
+        waiters.acquire()
         with self._lock:
             flight.waiting -= 1
             state = flight.state
@@ -441,7 +503,7 @@ class Group:
         if state == _HANDOFF:
             next(self._stats.started)
             return self._lead(key, flight, fn, args, kwargs, store)
-        flight.lock.release()  # pass the wake-up on to the next waiter
+        waiters.release()  # pass the wake-up on to the next waiter
         if state == _FAILED:
             raise flight.value
         return flight.value
@@ -589,7 +651,9 @@ class AsyncGroup:
         except TypeError:
             raise self._describe(key, args, kwargs) from None
         stats = self._stats
-        if store is not None:
+        # With a flight running there is no fresh result, unless that flight is a
+        # refresh (stale=, early=): then look anyway.
+        if store is not None and (flight is None or store.refreshes):
             value = store.lookup(key)
             if value is not MISSING:
                 next(stats.hits)

@@ -209,6 +209,15 @@ def plan_key(func: Callable[..., Any], key: object, typed: bool) -> KeyPlan:
 
             return KeyPlan(make_typed, -1, slots, names)
 
+        if simple and len(params) == 1:
+            # One parameter: its value is the key, as lru_cache does for one argument;
+            # no tuple to build or hash on the hit path.
+            def make_single(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Hashable:
+                value: Hashable = slots(args, kwargs)[0]
+                return value
+
+            return KeyPlan(make_single, -1, slots, names)
+
         def make_default(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Hashable:
             return tuple(slots(args, kwargs))
 
@@ -383,7 +392,10 @@ def key_source(func: Callable[..., Any], key: object, typed: bool) -> KeySource 
     args = f"({', '.join(positional)},)" if positional else "()"
     kwargs = "{" + ", ".join(keywords) + "}"
     if key is None:
-        key_expr = f"({', '.join(slot_exprs)},)" if slot_exprs else "()"
+        single = len(params) == 1 and params[0].kind in _POSITIONAL
+        key_expr = (
+            slot_exprs[0] if single else f"({', '.join(slot_exprs)},)" if slot_exprs else "()"
+        )
     else:
         chosen = (key,) if isinstance(key, str) else tuple(key)
         names = [p.name for p in params]

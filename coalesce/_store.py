@@ -93,6 +93,7 @@ class TTLStore:
         "maxsize",
         "name",
         "order",
+        "refreshes",
         "stale",
         "stale_if_error",
         "ttl",
@@ -126,6 +127,7 @@ class TTLStore:
         self.error_ttl = error_ttl
         self.cache_if = cache_if
         self.keep = max(stale, stale_if_error)  # how long past ttl an entry may serve
+        self.refreshes = bool(stale or early)  # flights may run beside a usable result
         self.dual = wall_clock_too() if dual is None else dual
         self.lock = threading.Lock()
         at_fork(self)
@@ -365,6 +367,7 @@ class MappingStore:
 
     early = 0.0
     stale = 0.0
+    refreshes = False
 
     def __init__(
         self,
