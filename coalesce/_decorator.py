@@ -499,66 +499,65 @@ def _through_backend(func: Callable[..., Any], bound: Any, is_async: bool) -> Ca
 
 
 _Describe = Callable[[object, tuple[Any, ...], dict[str, Any]], TypeError]
+_NO_KWARGS: Final[dict[str, Any]] = {}
 
 # The wrapper is compiled from this source, specialised when decorating: with the
 # function's own parameters where they can be read (so Python itself binds the call
 # and the key is a tuple display), else with ``*args, **kwargs`` and the key plan.
 # One source serves ``def`` and ``async def``; the store decides the lookup block.
 _WRAPPER = """\
-def _sf_factory({names}):
-    {kind}def {name}({params}):
-        _sf_key = {key}
+{kind}def {name}({params}):
+    _sf_key = {key}
 {lookup}
 {call}
-    return {name}
 """
 
 _SYNC_CALL = """\
-        return _sf_call(_sf_key, _sf_run, {args}, {kwargs}, _sf_store)[0]"""
+    return _sf_call(_sf_key, _sf_run, {args}, {kwargs}, _sf_store)[0]"""
 
 # AsyncGroup._call answers at once when it can (no extra frame), else gives a
 # coroutine to await.
 _ASYNC_CALL = """\
-        _sf_out = _sf_call(_sf_key, _sf_run, {args}, {kwargs}, _sf_store)
-        if _sf_out.__class__ is not tuple:
-            _sf_out = await _sf_out
-        return _sf_out[0]"""
+    _sf_out = _sf_call(_sf_key, _sf_run, {args}, {kwargs}, _sf_store)
+    if _sf_out.__class__ is not tuple:
+        _sf_out = await _sf_out
+    return _sf_out[0]"""
 
 # early= (F2): a hit may start one background refresh, and still returns at once.
 _EARLY = """
-                if _sf_early(_sf_entry):
-                    _sf_refresh(_sf_key, _sf_run, {args}, {kwargs})"""
+            if _sf_early(_sf_entry):
+                _sf_refresh(_sf_key, _sf_run, {args}, {kwargs})"""
 
 _LOOKUPS = {
     "none": "",
     # The built-in store: no lock (S6), one lookup, one clock read at call time (S13).
     "ttl": """\
-        try:
-            _sf_entry = _sf_data[_sf_key]
-        except KeyError:
-            pass
-        except TypeError:
-            raise _sf_describe(_sf_key, {args}, {kwargs}) from None
-        else:
-            if _sf_entry[1] > _sf_time.monotonic(){wall}:
-                next(_sf_hits){early}
-                return _sf_entry[0]
+    try:
+        _sf_entry = _sf_data[_sf_key]
+    except KeyError:
+        pass
+    except TypeError:
+        raise _sf_describe(_sf_key, {args}, {kwargs}) from None
+    else:
+        if _sf_entry[1] > _sf_time.monotonic(){wall}:
+            next(_sf_hits){early}
+            return _sf_entry[0]
 """,
     # A user's mapping: only under its guard (S17).
     "mapping": """\
-        _sf_lock = _sf_guard.lock
-        _sf_lock.acquire()
-        try:
-            _sf_value = _sf_mapping[_sf_key]
-        except KeyError:
-            _sf_value = _sf_MISSING
-        except TypeError:
-            raise _sf_describe(_sf_key, {args}, {kwargs}) from None
-        finally:
-            _sf_lock.release()
-        if _sf_value is not _sf_MISSING:
-            next(_sf_hits)
-            return _sf_value
+    _sf_lock = _sf_guard.lock
+    _sf_lock.acquire()
+    try:
+        _sf_value = _sf_mapping[_sf_key]
+    except KeyError:
+        _sf_value = _sf_MISSING
+    except TypeError:
+        raise _sf_describe(_sf_key, {args}, {kwargs}) from None
+    finally:
+        _sf_lock.release()
+    if _sf_value is not _sf_MISSING:
+        next(_sf_hits)
+        return _sf_value
 """,
 }
 
@@ -583,6 +582,7 @@ def _compile_wrapper(
         "_sf_hits": group._stats.hits,
         "_sf_time": _time,
         "_sf_MISSING": MISSING,
+        "_sf_nokw": _NO_KWARGS,
     }
     wall = early = ""
     if isinstance(store, TTLStore):
@@ -609,11 +609,12 @@ def _compile_wrapper(
         namespace["_sf_make_key"] = plan.make
         params, args, kwargs = "*args, **kwargs", "args", "kwargs"
         key = "args if not kwargs and len(args) == _sf_n else _sf_make_key(args, kwargs)"
+    if kwargs == "{}":
+        kwargs = "_sf_nokw"  # never changed by anyone: no dict to build per call
     call_args = f"(_sf_key, *{args})" if keyed else args
     early = early.format(args=call_args, kwargs=kwargs)
     name = "wrapper"
     text = _WRAPPER.format(
-        names=", ".join(namespace),
         kind="async " if is_async else "",
         name=name,
         params=params,
@@ -622,9 +623,11 @@ def _compile_wrapper(
         call=(_ASYNC_CALL if is_async else _SYNC_CALL).format(args=call_args, kwargs=kwargs),
     )
     code = compile(text, f"<singleflight wrapper of {_qualname(func)}>", "exec")
-    scope: dict[str, Any] = {}
-    exec(code, {"__builtins__": __builtins__}, scope)
-    wrapper: Callable[..., Any] = scope["_sf_factory"](**namespace)
+    # The names are the wrapper's globals: read as fast as closure cells, and with
+    # no cells to copy into every call's frame.
+    namespace["__builtins__"] = __builtins__
+    exec(code, namespace)
+    wrapper: Callable[..., Any] = namespace[name]
     return wrapper
 
 

@@ -882,7 +882,16 @@ else:  # pragma: no cover - exercised on 3.11 only
                 if not isinstance(exc, Exception):
                     raise
             else:
-                group._finish(fkey, flight, store, True, value)
+                if store is None and not flight.waiters and not flight.background:
+                    # The common first step: no cache to fill, nobody to wake.
+                    flight.state = _DONE
+                    flight.value = value
+                    registry = group._flights
+                    if registry.get(fkey) is flight:
+                        del registry[fkey]
+                    next(group._stats.ended)
+                else:
+                    group._finish(fkey, flight, store, True, value)
             # Drop every reference to this job before parking (S16).
             del group, fkey, flight, fn, args, kwargs, store
             value = work = steps = None
@@ -891,12 +900,15 @@ else:  # pragma: no cover - exercised on 3.11 only
     # Idle drivers, ready for a job; list.pop and list.append are atomic, so each
     # driver serves one thread at a time, and a first step that starts another
     # execution (nested calls) simply takes another driver.
-    _drivers: list[Generator[Any, Any, None]] = []
+    # (Their bound ``send``: one attribute lookup less per call.)
+    _drivers: list[Callable[[Any], Any]] = []
+    # Stand-in tasks whose first step finished: never initialised, never scheduled.
+    _spare_tasks: list[asyncio.Task[None]] = []
 
-    def _new_driver() -> Generator[Any, Any, None]:
+    def _new_driver() -> Callable[[Any], Any]:
         driver = _driver()
         driver.send(None)
-        return driver
+        return driver.send
 
     @types.coroutine
     def _rest(driver: Generator[Any, Any, None], yielded: Any) -> Generator[Any, Any, None]:
@@ -944,28 +956,34 @@ else:  # pragma: no cover - exercised on 3.11 only
         where it stopped; a call that never suspends schedules nothing at all.
         ``True`` if it finished in its first step.
         """
-        task: asyncio.Task[None] = _Task.__new__(_Task)  # type: ignore[arg-type]
+        try:
+            task = _spare_tasks.pop()
+        except IndexError:
+            task = _Task.__new__(_Task)  # type: ignore[arg-type]
         flight.task = task
         try:
-            driver = _drivers.pop()
+            send = _drivers.pop()
         except IndexError:
-            driver = _new_driver()
+            send = _new_driver()
         context = contextvars.copy_context()
         tasks_now = _tasks_now
         caller = tasks_now.get(loop)
         tasks_now[loop] = task
         try:
-            yielded = context.run(driver.send, (group, fkey, flight, fn, args, kwargs, store))
+            yielded = context.run(send, (group, fkey, flight, fn, args, kwargs, store))
         finally:
             if caller is None:
                 tasks_now.pop(loop, None)
             else:
                 tasks_now[loop] = caller
         if yielded is _PARKED:
-            _drivers.append(driver)
+            _drivers.append(send)
+            if not task._must_cancel:  # type: ignore[attr-defined]
+                # Never started and never cancelled: the next first step may stand in it.
+                _spare_tasks.append(task)
             return True
         cancel_requested = task._must_cancel  # type: ignore[attr-defined]
-        rest = _rest(driver, yielded)
+        rest = _rest(send.__self__, yielded)  # type: ignore[attr-defined]
         next(rest)
         _Task.__init__(task, rest, loop=loop, context=context)
         if cancel_requested:

@@ -317,6 +317,10 @@ def describe_unhashable(
     )
 
 
+# Builtins the compiled wrapper's source uses (see _decorator._WRAPPER).
+_TEMPLATE_NAMES: Final = frozenset({"next", "tuple", "sorted", "KeyError", "TypeError"})
+
+
 class KeySource:
     """Python source for a wrapper with the function's own signature.
 
@@ -350,8 +354,8 @@ def key_source(func: Callable[..., Any], key: object, typed: bool) -> KeySource 
     except (TypeError, ValueError):
         return None
     params = list(sig.parameters.values())
-    if any(p.name.startswith("_sf_") for p in params):
-        return None
+    if any(p.name.startswith("_sf_") or p.name in _TEMPLATE_NAMES for p in params):
+        return None  # a parameter would hide a name the wrapper's source uses
     parts: list[str] = []
     defaults: dict[str, Any] = {}
     slot_exprs: list[str] = []
