@@ -321,7 +321,7 @@ class Group:
                 if value is not MISSING:
                     next(stats.hits)
                     if value.__class__ is CachedError:
-                        raise value.error  # negative caching (F4)
+                        raise value.error.with_traceback(value.traceback)  # negative caching (F4)
                     return value, None
                 if store.stale:
                     value = store.stale_value(key)
@@ -440,7 +440,8 @@ class Group:
                     flight.state = _DONE
                     self._land(key, flight)
                     return rescued
-                if not flight.discard:
+                if not flight.discard and not flight.background:
+                    # A failed refresh keeps no error: the stale result still serves.
                     store.save_error(key, exc)  # F4
             flight.value = exc
             flight.state = _FAILED
@@ -658,7 +659,7 @@ class AsyncGroup:
             if value is not MISSING:
                 next(stats.hits)
                 if value.__class__ is CachedError:
-                    raise value.error  # negative caching (F4)
+                    raise value.error.with_traceback(value.traceback)  # negative caching (F4)
                 return value, None
             if store.stale:
                 value = store.stale_value(key)
@@ -771,7 +772,8 @@ class AsyncGroup:
                 if rescued is not MISSING:  # F3
                     flight.state = _DONE
                     value = rescued
-                elif not flight.discard:
+                elif not flight.discard and not flight.background:
+                    # A failed refresh keeps no error: the stale result still serves.
                     store.save_error(fkey[1], value)  # F4
         flight.value = value
         flights = self._flights

@@ -25,6 +25,7 @@ import time as _time
 import weakref
 from collections import deque
 from collections.abc import Callable, Hashable, Iterator, MutableMapping
+from types import TracebackType
 from typing import Any, Final
 
 from ._fork import at_fork
@@ -45,10 +46,13 @@ MISSING: Final[Any] = _Missing()
 class CachedError:
     """A kept exception (``error_ttl=``, F4): re-raised to callers, not run again."""
 
-    __slots__ = ("error",)
+    __slots__ = ("error", "traceback")
 
-    def __init__(self, error: BaseException) -> None:
+    def __init__(self, error: BaseException, traceback: TracebackType | None) -> None:
         self.error = error
+        # Raised again with the traceback it was kept with, so that every re-raise
+        # does not add its frames to the one shared object.
+        self.traceback = traceback
 
 
 def wall_clock_too() -> bool:
@@ -117,7 +121,7 @@ class TTLStore:
         # longer the key's current one is stale and skipped.
         self.data: dict[Hashable, Entry] = {}
         self.order: deque[tuple[Hashable, Entry]] = deque()
-        self.errors: dict[Hashable, tuple[BaseException, float, float]] = {}
+        self.errors: dict[Hashable, tuple[BaseException, float, float, TracebackType | None]] = {}
         self.ttl = ttl
         self.maxsize = maxsize
         self.name = name
@@ -155,7 +159,7 @@ class TTLStore:
             kept = self.errors.get(key)
             if kept is not None:
                 if kept[1] > mono and (not self.dual or kept[2] > wall):
-                    return CachedError(kept[0])
+                    return CachedError(kept[0], kept[3])
                 with self.lock:
                     if self.errors.get(key) is kept:
                         del self.errors[key]
@@ -245,7 +249,12 @@ class TTLStore:
             return
         mono, wall = self.now()
         with self.lock:
-            self.errors[key] = (error, mono + self.error_ttl, wall + self.error_ttl)
+            self.errors[key] = (
+                error,
+                mono + self.error_ttl,
+                wall + self.error_ttl,
+                error.__traceback__,
+            )
 
     def invalidate(self, key: Hashable) -> bool:
         """Drop the result (and kept error) for ``key``; ``True`` if one could still serve."""
