@@ -130,3 +130,16 @@ def _resolves(dotted: str) -> bool:
         return hasattr(importlib.import_module(module_name), attr)
     except (ImportError, ValueError):
         return False
+
+
+def test_readme_docs_command_is_the_one_ci_runs() -> None:
+    """S1: the README's docs command builds strictly, and CI runs the same build."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    commands = re.findall(r"```bash\n(.*?)```", readme, flags=re.DOTALL)
+    docs = [c.strip() for c in commands if "sphinx" in c]
+    assert len(docs) == 1, "the README shows one docs command"
+    install, _, build = docs[0].partition(" && ")
+    assert install == 'python -m pip install -e ".[docs]"'
+    assert {"-W", "-n", "--keep-going"} <= set(build.split()), "warnings and broken refs fail"
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    assert build in ci, "CI builds the docs with the README's command"
