@@ -113,7 +113,24 @@ _DEFAULT_MAXSIZE: Final[Any] = _Default()
 
 
 class SingleflightFunction(Protocol[P, R_co]):
-    """The type of a function decorated with ``@singleflight``."""
+    """The type of a function decorated with ``@singleflight``.
+
+    Calling it calls the function, sharing executions (and, with a cache, results)
+    among equal calls. Its helpers:
+
+    - ``cache``: the mapping results are kept in (with ``ttl=``, a view of the live
+      results: writing to it stores a result as the function would), or ``None``;
+    - ``cache_key(*args, **kwargs)``: the key these arguments map to;
+    - ``cache_info()``: the counters and sizes, a :class:`CacheInfo`;
+    - ``cache_clear()``: empty the cache and reset the counters; executions in flight
+      store nothing;
+    - ``invalidate(*args, **kwargs)``: drop the cached result for these arguments;
+      ``True`` if a live one was dropped;
+    - ``forget(*args, **kwargs)``: later callers start a new execution instead of
+      joining the one in flight; ``True`` if one was in flight.
+
+    ``__wrapped__`` is the undecorated function.
+    """
 
     @property
     def __wrapped__(self) -> Callable[P, R_co]: ...
@@ -140,7 +157,8 @@ class SingleflightFunction(Protocol[P, R_co]):
 class AsyncSingleflightFunction(SingleflightFunction[P, Awaitable[R_co]], Protocol[P, R_co]):
     """The type of an ``async def`` function decorated with ``@singleflight``.
 
-    Adds awaitable helpers that also reach an async Redis backend.
+    Adds awaitable helpers that also reach an async Redis backend:
+    ``await f.ainvalidate(*args, **kwargs)`` and ``await f.acache_clear()``.
     """
 
     async def ainvalidate(self, *args: P.args, **kwargs: P.kwargs) -> bool: ...
