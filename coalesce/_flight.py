@@ -134,6 +134,33 @@ def _log_failure(store: Store, exc: BaseException, rescued: bool, background: bo
         )
 
 
+def _consult(store: Store, stats: Stats, key: Hashable, flight: object | None) -> tuple[Any, bool]:
+    """What the store answers a call that missed the lock-free lookup.
+
+    ``(value, stale)``: a value to return at once (a hit; ``stale`` when it is past
+    its ttl and a refresh should run behind it, F1), or ``(MISSING, False)``.
+    A kept error is raised (F4).
+    """
+    if flight is not None and not store.refreshes:
+        # A flight is running, so there is no fresh result: only a refresh (stale=,
+        # early=) runs beside a usable one.
+        return MISSING, False
+    value = store.lookup(key)
+    if value is not MISSING:
+        next(stats.hits)
+        if value.__class__ is CachedError:
+            # The same exception object, with the traceback it was kept with (F4).
+            raise value.error.with_traceback(value.traceback)
+        return value, False
+    if store.stale:
+        value = store.stale_value(key)
+        if value is not MISSING:
+            next(stats.hits)
+            next(stats.stale)
+            return value, True
+    return MISSING, False
+
+
 class _Workers:
     """Daemon threads that run background refreshes (F1, F2).
 
@@ -314,24 +341,12 @@ class Group:
                 flight = self._flights.get(key)
             except TypeError:
                 raise self._describe(key, args, kwargs) from None
-            # With a flight running there is no fresh result, unless that flight is a
-            # refresh (stale=, early=): then look anyway.
-            if store is not None and (flight is None or store.refreshes):
-                value = store.lookup(key)
+            if store is not None:
+                value, stale = _consult(store, stats, key, flight)
                 if value is not MISSING:
-                    next(stats.hits)
-                    if value.__class__ is CachedError:
-                        raise value.error.with_traceback(value.traceback)  # negative caching (F4)
+                    if stale and flight is None:
+                        refresh = self._flights[key] = self._background_flight()
                     return value, None
-                if store.stale:
-                    value = store.stale_value(key)
-                    if value is not MISSING:
-                        # F1: serve the stale result at once; one refresh behind it.
-                        next(stats.hits)
-                        next(stats.stale)
-                        if flight is None:
-                            refresh = self._flights[key] = self._background_flight()
-                        return value, None
             if flight is None:
                 flight = self._flights[key] = _Flight(me)
                 leader = True
@@ -652,24 +667,12 @@ class AsyncGroup:
         except TypeError:
             raise self._describe(key, args, kwargs) from None
         stats = self._stats
-        # With a flight running there is no fresh result, unless that flight is a
-        # refresh (stale=, early=): then look anyway.
-        if store is not None and (flight is None or store.refreshes):
-            value = store.lookup(key)
+        if store is not None:
+            value, stale = _consult(store, stats, key, flight)
             if value is not MISSING:
-                next(stats.hits)
-                if value.__class__ is CachedError:
-                    raise value.error.with_traceback(value.traceback)  # negative caching (F4)
+                if stale and flight is None:
+                    self._start_background(loop, fkey, fn, args, kwargs, store)
                 return value, None
-            if store.stale:
-                value = store.stale_value(key)
-                if value is not MISSING:
-                    # F1: serve the stale result at once; one refresh behind it.
-                    next(stats.hits)
-                    next(stats.stale)
-                    if flight is None:
-                        self._start_background(loop, fkey, fn, args, kwargs, store)
-                    return value, None
         if flight is not None:
             if flight.task is not None and flight.task is _task_of(loop):
                 raise ReentrantCallError(
