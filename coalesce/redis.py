@@ -419,14 +419,29 @@ _REDIS_PY_SOCKET_TIMEOUT: Final = 5.0
 class RedisBackend:
     """Share one execution per key between processes through Redis (SPEC section 4).
 
-    ``client`` is a ``redis.Redis`` (for ``def`` functions) or a
-    ``redis.asyncio.Redis`` (for ``async def`` functions), made with
-    ``decode_responses=False`` (the default). The other options are keyword-only and
-    shared by every function that uses this backend; see ``docs/redis.md``.
+    Pass it to ``@singleflight(ttl=..., backend=backend, name=...)``. The options are
+    shared by every function that uses this backend; ``docs/redis.md`` tells the
+    semantics and the failure modes.
 
-    ``outage_cooldown``: after a Redis error, calls run locally without trying Redis
-    for this many seconds, so an outage does not cost every call a connection attempt
-    (with the client's retries); 0 tries Redis on every call.
+    :param client: a ``redis.Redis`` (for ``def`` functions) or a
+        ``redis.asyncio.Redis`` (for ``async def`` functions), made with
+        ``decode_responses=False`` (the default).
+    :param prefix: the first part of every key (``prefix:name:digest``).
+    :param serializer: ``"pickle"``, ``"json"``, or any :class:`Serializer`.
+    :param signing_key: bytes (16 or more): HMAC-sign every payload, and never
+        deserialise one that fails verification (R7). Without it, unsigned pickle lets
+        anyone who can write to that Redis run code in the process.
+    :param lease_ttl: seconds a leader's lease lives unless renewed (R3); renewed every
+        ``lease_ttl / 3`` while the function runs.
+    :param wait_timeout: the longest a caller waits for a leader in another process;
+        past it, it runs the function itself (R4).
+    :param local_ttl: seconds a value is also kept in the process, in front of Redis
+        (R8); ``None``: not kept.
+    :param on_backend_error: ``"local"``: a Redis failure runs the call in this process
+        and logs a warning once per outage; ``"raise"``: raise the redis-py error (R6).
+    :param outage_cooldown: after a Redis error, calls run locally without trying Redis
+        for this many seconds, so an outage does not cost every call a connection
+        attempt (with the client's retries); 0 tries Redis on every call.
     """
 
     __slots__ = (
@@ -548,9 +563,11 @@ class RedisBackend:
     def from_url(cls, url: str, *, async_client: bool = False, **options: Any) -> RedisBackend:
         """A backend with a new client for ``url``; ``async_client=True`` for ``async def``.
 
-        ``url`` is ``redis://[:password@]host[:port][/db]``, ``rediss://...`` (TLS) or
-        ``unix:///path/to/redis.sock``; ``options`` are the keyword options of
-        ``RedisBackend``.
+        :param url: ``redis://[:password@]host[:port][/db]``, ``rediss://...`` (TLS) or
+            ``unix:///path/to/redis.sock``.
+        :param async_client: make a ``redis.asyncio.Redis`` (for ``async def``
+            functions) rather than a ``redis.Redis``.
+        :param options: the keyword options of :class:`RedisBackend`.
         """
         if not isinstance(url, str):
             raise TypeError(f"url must be a str, not {type(url).__name__}")
