@@ -10,8 +10,10 @@ examples are run by ``tests/test_readme.py``.
 from __future__ import annotations
 
 import ast
+import doctest
 import importlib
 import inspect
+import pkgutil
 import re
 import sys
 import textwrap
@@ -143,3 +145,14 @@ def test_readme_docs_command_is_the_one_ci_runs() -> None:
     assert {"-W", "-n", "--keep-going"} <= set(build.split()), "warnings and broken refs fail"
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     assert build in ci, "CI builds the docs with the README's command"
+
+
+def test_docstring_examples_run() -> None:
+    """S1: the ``>>>`` examples in the docstrings of every coalesce module hold."""
+    tried = 0
+    for info in pkgutil.iter_modules(coalesce.__path__, "coalesce."):
+        module = importlib.import_module(info.name)
+        result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+        assert result.failed == 0, f"{info.name}: {result.failed} docstring examples failed"
+        tried += result.attempted
+    assert tried, "the docstrings have examples"
