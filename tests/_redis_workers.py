@@ -22,6 +22,23 @@ from redis.retry import Retry
 from coalesce.redis import RedisBackend
 
 
+class Gate:
+    """A one-way release signal that a killed process cannot jam.
+
+    A ``multiprocessing.Event`` must hear back from every process it wakes, so a
+    worker killed with SIGKILL while waiting on one hangs ``set()`` for ever. Here
+    the workers hold the read end of a pipe and the test process the write end;
+    closing it releases every reader at once (end of file), dead ones or not.
+    """
+
+    def __init__(self, reader: Any) -> None:
+        self.reader = reader
+
+    def wait(self, timeout: float) -> bool:
+        """Block until released (``True``) or ``timeout`` seconds pass (``False``)."""
+        return bool(self.reader.poll(timeout))
+
+
 class CountingRedis(redis.Redis):
     """A sync client that counts the commands it sends (scripts count as one)."""
 

@@ -29,6 +29,7 @@ from _redis_fixture import RedisServer, redis, running_server, wait_until
 from _redis_workers import (
     Boom,
     CountingRedis,
+    Gate,
     areport,
     async_worker,
     decorated_worker,
@@ -68,7 +69,7 @@ class Fleet:
         self.target = target
         self.executions = SPAWN.Value("i", 0)
         self.started = SPAWN.Event()
-        self.release = SPAWN.Event()
+        self.release = _Release()
         self.results: Any = SPAWN.Queue()
         self.processes: list[Any] = []
 
@@ -81,7 +82,7 @@ class Fleet:
                 self.options,
                 self.executions,
                 self.started,
-                self.release,
+                self.release.gate,
                 self.results,
             )
             process = SPAWN.Process(target=self.target, args=args, kwargs=extra, daemon=True)
@@ -101,6 +102,7 @@ class Fleet:
 
     def close(self) -> None:
         self.release.set()
+        self.release.gate.reader.close()
         for process in self.processes:
             process.join(20)
             if process.is_alive():
@@ -108,6 +110,17 @@ class Fleet:
                 process.join(5)
         self.results.close()
         self.results.join_thread()
+
+
+class _Release:
+    """The test's end of a worker ``Gate``: ``set()`` releases every worker."""
+
+    def __init__(self) -> None:
+        reader, self._writer = SPAWN.Pipe(duplex=False)
+        self.gate = Gate(reader)
+
+    def set(self) -> None:
+        self._writer.close()  # idempotent; the readers see end of file
 
 
 @pytest.fixture
