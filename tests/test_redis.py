@@ -381,10 +381,10 @@ def test_r4_a_killed_leader_is_taken_over(
     leader = fleet.spawn_leader()
     followers = fleet.spawn(2)
     wait_until(lambda: blocked_clients(client) == 2, "two followers wait in Redis")
-    fleet.release.set()  # the function the follower runs on takeover returns at once
-    os.kill(leader.pid, signal.SIGKILL)
+    os.kill(leader.pid, signal.SIGKILL)  # while it holds the lease, inside the function
     leader.join(20)
     assert leader.exitcode == -signal.SIGKILL
+    fleet.release.set()  # the function the follower runs on takeover returns at once
     results = fleet.collect(2)
     assert fleet.executions.value == 2  # the killed run and the takeover
     values = [value for _, _, value in results]
