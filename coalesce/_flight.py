@@ -311,12 +311,14 @@ class Group:
                 flight.discard = True
 
     def __contains__(self, key: object) -> bool:
+        """``key in group``: whether an execution of ``key`` is in flight now."""
         try:
             return key in self._flights
         except TypeError:
             return False
 
     def __len__(self) -> int:
+        """``len(group)``: how many executions are in flight now."""
         return len(self._flights)
 
     def _call(
@@ -639,9 +641,11 @@ class AsyncGroup:
             flight.discard = True
 
     def __contains__(self, key: object) -> bool:
+        """``key in group``: whether an execution of ``key`` is in flight, in any loop."""
         return bool(self._matching(key))
 
     def __len__(self) -> int:
+        """``len(group)``: how many executions are in flight now."""
         return len(self._flights)
 
     def _call(
