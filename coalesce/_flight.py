@@ -24,6 +24,7 @@ import queue
 import sys
 import threading
 import time as _time
+import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Hashable
 from typing import Any, Final, NamedTuple, ParamSpec, TypeVar
 
@@ -446,7 +447,7 @@ class Group:
         try:
             value = fn(*args, **kwargs)
             if store is not None and not flight.discard:
-                store.save(key, value, started)  # before the flight is gone: S3
+                store.save(key, value, started, flight)  # before the flight is gone: S3
         except Exception as exc:
             next(self._stats.errors)
             if store is not None:
@@ -510,7 +511,19 @@ class Group:
     ) -> Any:
         waiters = flight.lock
         assert waiters is not None  # made when this caller joined
-        waiters.acquire()
+        try:
+            waiters.acquire()
+        except BaseException:
+            # Interrupted while waiting (Ctrl-C): this caller leaves; a hand-off
+            # nobody is left to take must not stay registered.
+            with self._lock:
+                flight.waiting -= 1
+                flight.takers -= 1
+                if flight.state == _HANDOFF and not flight.waiting:
+                    flight.state = _ABANDONED
+                    if self._flights.get(key) is flight:
+                        del self._flights[key]
+            raise
         with self._lock:
             flight.waiting -= 1
             state = flight.state
@@ -762,7 +775,7 @@ class AsyncGroup:
         """Store the result (S3), leave the registry, and wake every waiting caller."""
         if ok and store is not None and not flight.discard:
             try:
-                store.save(fkey[1], value, flight.started)
+                store.save(fkey[1], value, flight.started, flight)
             except Exception as exc:
                 ok = False
                 value = exc
@@ -812,7 +825,7 @@ class AsyncGroup:
         waiters[fut] = None
         try:
             return await fut, flight
-        except asyncio.CancelledError:
+        except BaseException:  # cancelled, or its coroutine closed (GeneratorExit)
             if flight.state == _RUNNING:
                 # This caller was cancelled: only its wait ends (S7).
                 waiters.pop(fut, None)
@@ -883,6 +896,8 @@ else:  # pragma: no cover - exercised on 3.11 only
             del job
             try:
                 work: Any = fn(*args, **kwargs)
+                # What get_coro() answers while this first step runs.
+                flight.task._sf_work = work  # type: ignore[union-attr]
                 # A coroutine is driven directly: its return needs no exception.
                 steps: Any = work if type(work) is _CoroutineType else work.__await__()
                 value = yield from steps
@@ -911,8 +926,31 @@ else:  # pragma: no cover - exercised on 3.11 only
     # execution (nested calls) simply takes another driver.
     # (Their bound ``send``: one attribute lookup less per call.)
     _drivers: list[Callable[[Any], Any]] = []
-    # Stand-in tasks whose first step finished: never initialised, never scheduled.
+
+    class _FirstStepTask(_Task):  # type: ignore[type-arg]
+        """The execution's task, made before its first step and initialised only if
+        that step suspends (3.12's eager tasks, by hand).
+
+        Until then it is an uninitialised C ``Task``: what it cannot answer yet raises
+        ``RuntimeError``, except ``get_coro()``, which would crash the interpreter and
+        so answers ``None``, and ``repr()``, which says what it is.
+        """
+
+        def get_coro(self) -> Any:
+            coro = self._coro  # type: ignore[attr-defined]
+            return getattr(self, "_sf_work", None) if coro is None else coro
+
+        def __repr__(self) -> str:
+            try:
+                return super().__repr__()
+            except RuntimeError:
+                return f"<coalesce first-step Task {self.get_name()!r}>"
+
+    # Stand-in tasks whose first step finished without anyone keeping a reference
+    # (strong or weak) to them: the next first step may use one, unobservably.
     _spare_tasks: list[asyncio.Task[None]] = []
+    _refs = sys.getrefcount
+    _weakrefs = weakref.getweakrefcount
 
     def _new_driver() -> Callable[[Any], Any]:
         driver = _driver()
@@ -968,7 +1006,7 @@ else:  # pragma: no cover - exercised on 3.11 only
         try:
             task = _spare_tasks.pop()
         except IndexError:
-            task = _Task.__new__(_Task)  # type: ignore[arg-type]
+            task = _FirstStepTask.__new__(_FirstStepTask)
         flight.task = task
         try:
             send = _drivers.pop()
@@ -987,8 +1025,11 @@ else:  # pragma: no cover - exercised on 3.11 only
                 tasks_now[loop] = caller
         if yielded is _PARKED:
             _drivers.append(send)
-            if not task._must_cancel:  # type: ignore[attr-defined]
-                # Never started and never cancelled: the next first step may stand in it.
+            flight.task = None
+            task._sf_work = None  # type: ignore[attr-defined]
+            if not task._must_cancel and _refs(task) == 2 and not _weakrefs(task):  # type: ignore[attr-defined]
+                # Never cancelled, and only this frame holds it (2: here and the
+                # call's argument): reusing it cannot be seen.
                 _spare_tasks.append(task)
             return True
         cancel_requested = task._must_cancel  # type: ignore[attr-defined]

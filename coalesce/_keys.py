@@ -247,7 +247,16 @@ def plan_key(func: Callable[..., Any], key: object, typed: bool) -> KeyPlan:
             f"{_qualname(func)}{sig}; choose from {', '.join(map(repr, names)) or 'none'}"
         )
     index = tuple(names.index(k) for k in chosen)
-    pick = itemgetter(*index)
+    pick: Callable[[Sequence[Any]], Any]
+    if single or len(index) > 1:
+        pick = itemgetter(*index)
+    else:
+        # A sequence of one name is still a sequence: the key is a 1-tuple, as the
+        # compiled wrapper builds it (itemgetter of one index would give the value).
+        only = index[0]
+
+        def pick(values: Sequence[Any]) -> tuple[Any]:
+            return (values[only],)
 
     if typed:
 

@@ -206,8 +206,13 @@ class TTLStore:
             )
         return float(seconds)
 
-    def save(self, key: Hashable, value: Any, started: float = 0.0) -> None:
-        """Keep ``value`` for its ttl; ``started`` is when computing it began (or 0)."""
+    def save(self, key: Hashable, value: Any, started: float = 0.0, flight: Any = None) -> None:
+        """Keep ``value`` for its ttl; ``started`` is when computing it began (or 0).
+
+        ``flight`` (with a ``discard`` flag) is the execution storing it: an
+        ``invalidate()`` or ``cache_clear()`` that marked it while ``cache_if`` or a
+        ttl callable ran still wins, since the flag is read again under the lock (F6).
+        """
         if self.cache_if is not None and not self.cache_if(value):
             return
         ttl = self._lifetime(value)
@@ -220,10 +225,18 @@ class TTLStore:
         order = self.order
         maxsize = self.maxsize
         with self.lock:
+            if flight is not None and flight.discard:
+                return
             data[key] = entry
             order.append((key, entry))
             if self.errors:
                 self.errors.pop(key, None)
+            if callable(self.ttl) and (
+                (maxsize is not None and len(data) > maxsize) or len(order) > 2 * len(data) + 16
+            ):
+                # Lifetimes differ per result, so what was stored first need not end
+                # first: drop every entry past its windows before evicting a live one.
+                self._drop_expired(mono, wall)
             # The front holds what was stored first, which (one ttl for all) also
             # ends first: drop stale records, entries past every window and, while
             # over maxsize, the oldest. Amortised O(1) per save.
@@ -244,17 +257,38 @@ class TTLStore:
                 order.extend(sorted(data.items(), key=_born))
 
     def save_error(self, key: Hashable, error: BaseException) -> None:
-        """Keep ``error`` for ``error_ttl`` (F4), if that option is on."""
+        """Keep ``error`` for ``error_ttl`` (F4), if that option is on.
+
+        Kept errors are bounded like results: the oldest go first past ``maxsize``,
+        and expired ones are dropped as new ones come (one ``error_ttl`` for all, so
+        the order they were kept in is the order they expire in).
+        """
         if not self.error_ttl:
             return
         mono, wall = self.now()
+        kept = (error, mono + self.error_ttl, wall + self.error_ttl, error.__traceback__)
+        errors = self.errors
         with self.lock:
-            self.errors[key] = (
-                error,
-                mono + self.error_ttl,
-                wall + self.error_ttl,
-                error.__traceback__,
-            )
+            errors.pop(key, None)  # kept again: to the back of the order
+            errors[key] = kept
+            while errors:
+                old_key = next(iter(errors))
+                old = errors[old_key]
+                expired = old[1] <= mono or (self.dual and old[2] <= wall)
+                if not expired and (self.maxsize is None or len(errors) <= self.maxsize):
+                    break
+                del errors[old_key]
+
+    def _drop_expired(self, mono: float, wall: float) -> None:
+        """Drop every entry past all its windows, and every expired kept error (locked)."""
+        data = self.data
+        for key, entry in list(data.items()):
+            if self._age(entry, mono, wall) >= entry[_TTL] + self.keep:
+                del data[key]
+        errors = self.errors
+        for key, kept in list(errors.items()):
+            if kept[1] <= mono or (self.dual and kept[2] <= wall):
+                del errors[key]
 
     def invalidate(self, key: Hashable) -> bool:
         """Drop the result (and kept error) for ``key``; ``True`` if one could still serve."""
@@ -276,10 +310,7 @@ class TTLStore:
         """Drop every entry past all its windows."""
         mono, wall = self.now()
         with self.lock:
-            data = self.data
-            for key, entry in list(data.items()):
-                if self._age(entry, mono, wall) >= entry[_TTL] + self.keep:
-                    del data[key]
+            self._drop_expired(mono, wall)
 
     def currsize(self) -> int:
         """Results kept now: entries past every window are dropped first."""
@@ -409,10 +440,12 @@ class MappingStore:
         finally:
             lock.release()
 
-    def save(self, key: Hashable, value: Any, started: float = 0.0) -> None:
+    def save(self, key: Hashable, value: Any, started: float = 0.0, flight: Any = None) -> None:
         if self.cache_if is not None and not self.cache_if(value):
             return
         with self.guard.lock:
+            if flight is not None and flight.discard:
+                return  # invalidated or cleared meanwhile (F6)
             try:
                 self.mapping[key] = value
             except ValueError:
