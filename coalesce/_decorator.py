@@ -543,23 +543,22 @@ _ASYNC_CALL = """\
 
 # early= (F2): a hit may start one background refresh, and still returns at once.
 _EARLY = """
-            if _sf_early(_sf_entry):
-                _sf_refresh(_sf_key, _sf_run, {args}, {kwargs})"""
+        if _sf_early(_sf_entry):
+            _sf_refresh(_sf_key, _sf_run, {args}, {kwargs})"""
 
 _LOOKUPS = {
     "none": "",
     # The built-in store: no lock (S6), one lookup, one clock read at call time (S13).
+    # (.get, not [key]: a cold key's callers all miss, and a KeyError costs more than
+    # the rest of the lookup.)
     "ttl": """\
     try:
-        _sf_entry = _sf_data[_sf_key]
-    except KeyError:
-        pass
+        _sf_entry = _sf_get(_sf_key)
     except TypeError:
         raise _sf_describe(_sf_key, {args}, {kwargs}) from None
-    else:
-        if _sf_entry[1] > _sf_time.monotonic(){wall}:
-            next(_sf_hits){early}
-            return _sf_entry[0]
+    if _sf_entry is not None and _sf_entry[1] > _sf_time.monotonic(){wall}:
+        next(_sf_hits){early}
+        return _sf_entry[0]
 """,
     # A user's mapping: only under its guard (S17).
     "mapping": """\
@@ -605,7 +604,7 @@ def _compile_wrapper(
     wall = early = ""
     if isinstance(store, TTLStore):
         kind = "ttl"
-        namespace["_sf_data"] = store.data
+        namespace["_sf_get"] = store.data.get
         if store.dual:
             # time-machine is loaded: it moves only the wall clock (see TTLStore).
             wall = " and _sf_entry[2] > _sf_time.time()"

@@ -571,6 +571,13 @@ class _AsyncFlight:
 
 
 _FlightKey = tuple[asyncio.AbstractEventLoop, Hashable]
+_get_ident = threading.get_ident
+
+
+def _no_loop() -> None:
+    return None
+
+
 _Outcome = tuple[Any, "_AsyncFlight | None"]
 
 
@@ -582,11 +589,12 @@ class AsyncGroup:
     get flights of their own (S10).
     """
 
-    __slots__ = ("__weakref__", "_describe", "_flights", "_stats")
+    __slots__ = ("__weakref__", "_describe", "_flights", "_loop_hint", "_stats")
 
     def __init__(self) -> None:
         # Keyed by (loop, key): one flat dict, nothing to tidy when a loop goes.
         self._flights: dict[_FlightKey, _AsyncFlight] = {}
+        self._loop_hint: Callable[[], asyncio.AbstractEventLoop | None] = _no_loop
         self._stats = Stats()
         self._describe: Describe = _no_describe
         at_fork(self)
@@ -596,6 +604,7 @@ class AsyncGroup:
 
     def _after_fork(self) -> None:
         self._flights = {}
+        self._loop_hint = _no_loop
         self._stats.after_fork()
 
     async def do(
@@ -676,7 +685,14 @@ class AsyncGroup:
         it; ``flight`` is ``None`` for a hit. Not itself a coroutine, so a call that
         never suspends costs no extra frame.
         """
-        loop = _get_running_loop()
+        # The loop of the last call, if it is running in this thread now (an asyncio
+        # loop records its thread while it runs, and a thread runs one loop at a
+        # time): cheaper than get_running_loop(), which asks the OS for its pid.
+        loop = self._loop_hint()
+        if loop is None or loop._thread_id != _get_ident():  # type: ignore[attr-defined]
+            loop = _get_running_loop()
+            if isinstance(loop, asyncio.BaseEventLoop):
+                self._loop_hint = weakref.ref(loop)
         fkey = (loop, key)
         flights = self._flights
         try:
