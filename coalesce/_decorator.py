@@ -543,22 +543,25 @@ _ASYNC_CALL = """\
 
 # early= (F2): a hit may start one background refresh, and still returns at once.
 _EARLY = """
-        if _sf_early(_sf_entry):
-            _sf_refresh(_sf_key, _sf_run, {args}, {kwargs})"""
+            if _sf_early(_sf_entry):
+                _sf_refresh(_sf_key, _sf_run, {args}, {kwargs})"""
 
 _LOOKUPS = {
     "none": "",
     # The built-in store: no lock (S6), one lookup, one clock read at call time (S13).
-    # (.get, not [key]: a cold key's callers all miss, and a KeyError costs more than
-    # the rest of the lookup.)
+    # (A key being computed holds a tombstone, see TTLStore.mark: its callers find an
+    # entry that is not fresh, and no KeyError is raised for them.)
     "ttl": """\
     try:
-        _sf_entry = _sf_get(_sf_key)
+        _sf_entry = _sf_data[_sf_key]
+    except KeyError:
+        pass
     except TypeError:
         raise _sf_describe(_sf_key, {args}, {kwargs}) from None
-    if _sf_entry is not None and _sf_entry[1] > _sf_time.monotonic(){wall}:
-        next(_sf_hits){early}
-        return _sf_entry[0]
+    else:
+        if _sf_entry[1] > _sf_time.monotonic(){wall}:
+            next(_sf_hits){early}
+            return _sf_entry[0]
 """,
     # A user's mapping: only under its guard (S17).
     "mapping": """\
@@ -604,7 +607,7 @@ def _compile_wrapper(
     wall = early = ""
     if isinstance(store, TTLStore):
         kind = "ttl"
-        namespace["_sf_get"] = store.data.get
+        namespace["_sf_data"] = store.data
         if store.dual:
             # time-machine is loaded: it moves only the wall clock (see TTLStore).
             wall = " and _sf_entry[2] > _sf_time.time()"

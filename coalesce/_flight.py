@@ -352,6 +352,8 @@ class Group:
                     return value, None
             if flight is None:
                 flight = self._flights[key] = _Flight(me)
+                if store is not None:
+                    store.mark(key)
                 leader = True
             elif flight.owner == me:
                 raise ReentrantCallError(
@@ -446,11 +448,15 @@ class Group:
         started = _time.monotonic() if store is not None and store.early else 0.0
         try:
             value = fn(*args, **kwargs)
-            if store is not None and not flight.discard:
-                store.save(key, value, started, flight)  # before the flight is gone: S3
+            if store is not None:
+                if flight.discard:
+                    store.unmark(key)
+                else:
+                    store.save(key, value, started, flight)  # before the flight is gone: S3
         except Exception as exc:
             next(self._stats.errors)
             if store is not None:
+                store.unmark(key)
                 rescued = store.rescue(key)
                 _log_failure(store, exc, rescued is not MISSING, flight.background)
                 if rescued is not MISSING:  # F3
@@ -466,6 +472,8 @@ class Group:
             self._land(key, flight)
             raise
         except BaseException:
+            if store is not None:
+                store.unmark(key)
             self._abort(key, flight)
             raise
         flight.value = value
@@ -719,6 +727,8 @@ class AsyncGroup:
         next(stats.misses)
         next(stats.started)
         flight = flights[fkey] = _AsyncFlight()
+        if store is not None:
+            store.mark(key)
         if store is not None and store.early:
             flight.started = _time.monotonic()
         if _launch(self, loop, fkey, flight, fn, args, kwargs, store):
@@ -795,6 +805,8 @@ class AsyncGroup:
             except Exception as exc:
                 ok = False
                 value = exc
+        if store is not None and (not ok or flight.discard):
+            store.unmark(fkey[1])
         if ok:
             flight.state = _DONE
         elif isinstance(value, asyncio.CancelledError):

@@ -71,6 +71,8 @@ def wall_clock_too() -> bool:
 _VALUE, _FRESH, _FRESH_WALL, _BORN, _BORN_WALL, _TTL, _DELTA = range(7)
 Entry = tuple[Any, float, float, float, float, float, float]
 _INF: Final = math.inf
+# Born and fresh at minus infinity: older than every window, so never served.
+_TOMBSTONE: Final[Entry] = (None, -_INF, -_INF, -_INF, -_INF, 0.0, 0.0)
 
 
 class TTLStore:
@@ -214,9 +216,11 @@ class TTLStore:
         ttl callable ran still wins, since the flag is read again under the lock (F6).
         """
         if self.cache_if is not None and not self.cache_if(value):
+            self.unmark(key)
             return
         ttl = self._lifetime(value)
         if ttl <= 0:
+            self.unmark(key)
             return
         mono, wall = self.now()
         delta = mono - started if started else 0.0
@@ -226,6 +230,8 @@ class TTLStore:
         maxsize = self.maxsize
         with self.lock:
             if flight is not None and flight.discard:
+                if data.get(key) is _TOMBSTONE:
+                    del data[key]
                 return
             data[key] = entry
             order.append((key, entry))
@@ -255,6 +261,23 @@ class TTLStore:
                 # Many stale records behind the front: rebuild, oldest first.
                 order.clear()
                 order.extend(sorted(data.items(), key=_born))
+
+    def mark(self, key: Hashable) -> None:
+        """An execution of ``key`` starts: put a tombstone where its result will go.
+
+        Its callers' lock-free lookups then find an entry that is never fresh (and go
+        on to join the execution) instead of raising ``KeyError``, which costs more
+        than the rest of the lookup. Every other reader sees no result there.
+        """
+        self.data.setdefault(key, _TOMBSTONE)
+
+    def unmark(self, key: Hashable) -> None:
+        """The execution of ``key`` stored nothing: take its tombstone away."""
+        data = self.data
+        if data.get(key) is _TOMBSTONE:
+            with self.lock:
+                if data.get(key) is _TOMBSTONE:
+                    del data[key]
 
     def save_error(self, key: Hashable, error: BaseException) -> None:
         """Keep ``error`` for ``error_ttl`` (F4), if that option is on.
@@ -428,6 +451,12 @@ class MappingStore:
         return MISSING
 
     def save_error(self, key: Hashable, error: BaseException) -> None:
+        pass
+
+    def mark(self, key: Hashable) -> None:
+        pass
+
+    def unmark(self, key: Hashable) -> None:
         pass
 
     def lookup(self, key: Hashable) -> Any:

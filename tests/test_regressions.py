@@ -151,3 +151,34 @@ def test_s7_the_first_step_task_answers_get_coro_and_repr() -> None:
     assert asyncio.run(probe()) == 1
     assert asyncio.iscoroutine(seen[0])
     assert isinstance(seen[1], str)
+
+
+@pytest.mark.parametrize("outcome", ["raises", "rejected", "invalidated"])
+def test_s16_an_execution_that_stores_nothing_leaves_nothing_in_the_store(outcome: str) -> None:
+    """S16: a failed, rejected or invalidated execution leaves no placeholder behind."""
+    release = threading.Event()
+    running = threading.Event()
+
+    @singleflight(ttl=60, cache_if=lambda result: outcome != "rejected")
+    def load(x: int) -> int:
+        running.set()
+        assert release.wait(10)
+        if outcome == "raises":
+            raise ValueError("no")
+        return x
+
+    def call() -> None:
+        try:
+            load(1)
+        except ValueError:
+            pass
+
+    leader = threading.Thread(target=call)
+    leader.start()
+    assert running.wait(10)
+    if outcome == "invalidated":
+        load.invalidate(1)
+    release.set()
+    leader.join(10)
+    assert load.cache._store.data == {}  # type: ignore[union-attr]
+    assert load.cache_info().currsize == 0
