@@ -135,6 +135,49 @@ def _log_failure(store: Store, exc: BaseException, rescued: bool, background: bo
         )
 
 
+def _settle(
+    store: Store | None,
+    stats: Stats,
+    key: Hashable,
+    flight: _Flight | _AsyncFlight,
+    ok: bool,
+    value: Any,
+) -> tuple[bool, Any]:
+    """What an ended execution leaves, for threads and asyncio alike: ``(ok, value)``.
+
+    A result is stored before the flight leaves the registry (S3), unless the flight
+    was invalidated or forgotten. A failure (an exception other than a cancellation)
+    is counted, then served as the old result within ``stale_if_error`` (F3), else
+    kept for ``error_ttl`` (F4), except for a background refresh, whose failure must
+    not hide the stale result it is refreshing.
+    """
+    if store is None:
+        if not ok and not isinstance(value, asyncio.CancelledError):
+            next(stats.errors)
+        return ok, value
+    if ok:
+        if flight.discard:
+            store.unmark(key)
+            return ok, value
+        try:
+            store.save(key, value, flight.started, flight)
+            return ok, value
+        except Exception as exc:
+            ok, value = False, exc
+    store.unmark(key)
+    if isinstance(value, asyncio.CancelledError):
+        return ok, value
+    next(stats.errors)
+    if isinstance(value, Exception):
+        rescued = store.rescue(key)
+        _log_failure(store, value, rescued is not MISSING, flight.background)
+        if rescued is not MISSING:
+            return True, rescued
+        if not flight.discard and not flight.background:
+            store.save_error(key, value)
+    return ok, value
+
+
 def _consult(store: Store, stats: Stats, key: Hashable, flight: object | None) -> tuple[Any, bool]:
     """What the store answers a call that missed the lock-free lookup.
 
@@ -239,10 +282,21 @@ Describe = Callable[[object, tuple[Any, ...], dict[str, Any]], TypeError]
 class _Flight:
     """One execution of one key, and the callers waiting for it (threads)."""
 
-    __slots__ = ("background", "discard", "lock", "owner", "state", "takers", "value", "waiting")
+    __slots__ = (
+        "background",
+        "discard",
+        "lock",
+        "owner",
+        "started",
+        "state",
+        "takers",
+        "value",
+        "waiting",
+    )
 
     def __init__(self, owner: int) -> None:
         self.background = False  # a refresh nobody waits for (F1, F2)
+        self.started = 0.0  # when it began, for early= (F2)
         # Made by the first caller to join, already acquired on the leader's behalf;
         # the leader releases it when it lands. A call nobody joins needs no lock.
         self.lock: threading.Lock | None = None
@@ -445,40 +499,23 @@ class Group:
         kwargs: dict[str, Any],
         store: Store | None,
     ) -> Any:
-        started = _time.monotonic() if store is not None and store.early else 0.0
+        flight.started = _time.monotonic() if store is not None and store.early else 0.0
         try:
             value = fn(*args, **kwargs)
-            if store is not None:
-                if flight.discard:
-                    store.unmark(key)
-                else:
-                    store.save(key, value, started, flight)  # before the flight is gone: S3
         except Exception as exc:
-            next(self._stats.errors)
-            if store is not None:
-                store.unmark(key)
-                rescued = store.rescue(key)
-                _log_failure(store, exc, rescued is not MISSING, flight.background)
-                if rescued is not MISSING:  # F3
-                    flight.value = rescued
-                    flight.state = _DONE
-                    self._land(key, flight)
-                    return rescued
-                if not flight.discard and not flight.background:
-                    # A failed refresh keeps no error: the stale result still serves.
-                    store.save_error(key, exc)  # F4
-            flight.value = exc
-            flight.state = _FAILED
-            self._land(key, flight)
-            raise
+            ok, value = _settle(store, self._stats, key, flight, False, exc)
         except BaseException:
             if store is not None:
                 store.unmark(key)
             self._abort(key, flight)
             raise
+        else:
+            ok, value = _settle(store, self._stats, key, flight, True, value)
         flight.value = value
-        flight.state = _DONE
+        flight.state = _DONE if ok else _FAILED
         self._land(key, flight)
+        if not ok:
+            raise value
         return value
 
     def _land(self, key: Hashable, flight: _Flight) -> None:
@@ -799,30 +836,13 @@ class AsyncGroup:
         self, fkey: _FlightKey, flight: _AsyncFlight, store: Store | None, ok: bool, value: Any
     ) -> None:
         """Store the result (S3), leave the registry, and wake every waiting caller."""
-        if ok and store is not None and not flight.discard:
-            try:
-                store.save(fkey[1], value, flight.started, flight)
-            except Exception as exc:
-                ok = False
-                value = exc
-        if store is not None and (not ok or flight.discard):
-            store.unmark(fkey[1])
+        ok, value = _settle(store, self._stats, fkey[1], flight, ok, value)
         if ok:
             flight.state = _DONE
         elif isinstance(value, asyncio.CancelledError):
             flight.state = _CANCELLED
         else:
-            next(self._stats.errors)
             flight.state = _FAILED
-            if store is not None and isinstance(value, Exception):
-                rescued = store.rescue(fkey[1])
-                _log_failure(store, value, rescued is not MISSING, flight.background)
-                if rescued is not MISSING:  # F3
-                    flight.state = _DONE
-                    value = rescued
-                elif not flight.discard and not flight.background:
-                    # A failed refresh keeps no error: the stale result still serves.
-                    store.save_error(fkey[1], value)  # F4
         flight.value = value
         flights = self._flights
         if flights.get(fkey) is flight:
