@@ -36,6 +36,26 @@ class _Row:
         self.seconds = 0.0
 
 
+def _decorate(report: Callable[..., Any], variant: str) -> Any:
+    if variant == "plain":
+        return report
+    if variant == "@singleflight":
+        return singleflight(report)
+    return singleflight(ttl=60)(report)
+
+
+def _measure(row: _Row, fn: Any, waves: int, run: Callable[[], None]) -> _Row:
+    """Time ``run`` (all the waves) and fill the row from the function's counters."""
+    start = time.perf_counter()
+    run()
+    row.seconds = time.perf_counter() - start
+    row.calls = CALLERS * waves
+    if hasattr(fn, "cache_info"):
+        info = fn.cache_info()
+        row.coalesced, row.hits = info.coalesced, info.hits
+    return row
+
+
 def _thread_wave(call: Callable[[], Any], callers: int) -> None:
     barrier = threading.Barrier(callers)
 
@@ -62,20 +82,13 @@ def _threads(variant: str, waves: int) -> _Row:
             time.sleep(WORK_SECONDS)  # a slow query
         return f"report for day {day}"
 
-    fn: Any = report
-    if variant == "@singleflight":
-        fn = singleflight(report)
-    elif variant != "plain":
-        fn = singleflight(ttl=60)(report)
-    start = time.perf_counter()
-    for _ in range(waves):
-        _thread_wave(lambda: fn(7), CALLERS)
-    row.seconds = time.perf_counter() - start
-    row.calls = CALLERS * waves
-    if fn is not report:
-        info = fn.cache_info()
-        row.coalesced, row.hits = info.coalesced, info.hits
-    return row
+    fn = _decorate(report, variant)
+
+    def run() -> None:
+        for _ in range(waves):
+            _thread_wave(lambda: fn(7), CALLERS)
+
+    return _measure(row, fn, waves, run)
 
 
 def _asyncio(variant: str, waves: int) -> _Row:
@@ -89,11 +102,7 @@ def _asyncio(variant: str, waves: int) -> _Row:
             await asyncio.sleep(WORK_SECONDS)  # a slow query
         return f"report for day {day}"
 
-    fn: Any = report
-    if variant == "@singleflight":
-        fn = singleflight(report)
-    elif variant != "plain":
-        fn = singleflight(ttl=60)(report)
+    fn = _decorate(report, variant)
 
     async def run() -> None:
         nonlocal database
@@ -101,14 +110,7 @@ def _asyncio(variant: str, waves: int) -> _Row:
         for _ in range(waves):
             await asyncio.gather(*(fn(7) for _ in range(CALLERS)))
 
-    start = time.perf_counter()
-    asyncio.run(run())
-    row.seconds = time.perf_counter() - start
-    row.calls = CALLERS * waves
-    if fn is not report:
-        info = fn.cache_info()
-        row.coalesced, row.hits = info.coalesced, info.hits
-    return row
+    return _measure(row, fn, waves, lambda: asyncio.run(run()))
 
 
 def _table(rows: Sequence[_Row]) -> str:
