@@ -27,8 +27,8 @@ from typing import (
     overload,
 )
 
-from ._flight import AsyncGroup, Group, Stats
-from ._keys import KeyPlan, KeySource, describe_unhashable, key_source, plan_key
+from ._flight import AsyncGroup, Describe, Group, Stats
+from ._keys import KeyPlan, KeySource, describe_unhashable, key_source, plan_key, qualname
 from ._store import MISSING, MappingStore, Store, TTLStore, TTLView
 
 __all__ = (
@@ -179,10 +179,6 @@ class BoundSingleflightFunction(Protocol, Generic[S_contra, P, R_co]):
     def cache_clear(self) -> None: ...
     def invalidate(self, instance: S_contra, /, *args: P.args, **kwargs: P.kwargs) -> bool: ...
     def forget(self, instance: S_contra, /, *args: P.args, **kwargs: P.kwargs) -> bool: ...
-
-
-def _qualname(func: Callable[..., Any]) -> str:
-    return getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or repr(func)
 
 
 def _check_seconds(name: str, value: object, func_name: str | None = None) -> float:
@@ -381,7 +377,7 @@ class _Options:
             raise TypeError(f"singleflight() decorates a function, not {type(func).__name__}")
         if inspect.isgeneratorfunction(func) or inspect.isasyncgenfunction(func):
             raise TypeError(
-                f"singleflight() cannot decorate the generator function {_qualname(func)}(): "
+                f"singleflight() cannot decorate the generator function {qualname(func)}(): "
                 "its callers would share one iterator; decorate a function that returns "
                 "a list (or other value) instead"
             )
@@ -464,27 +460,27 @@ def _build(func: Callable[..., Any], options: _Options) -> Any:
 
     group._describe = describe
 
-    qualname = _qualname(func)
+    name = qualname(func)
     bound: Any = None
     store: Store | None
     run: Callable[..., Any] = func
     keyed = False
     if options.backend is not None:
         bound = options.backend.bind(
-            func, name=options.name or _qualname(func), ttl=options.ttl, is_async=is_async
+            func, name=options.name or name, ttl=options.ttl, is_async=is_async
         )
         local_ttl = getattr(options.backend, "local_ttl", None)
-        store = TTLStore(local_ttl, options.maxsize, name=qualname) if local_ttl else None
+        store = TTLStore(local_ttl, options.maxsize, name=name) if local_ttl else None
         run = _through_backend(func, bound, is_async)
         keyed = True
     elif options.cache is not None:
-        store = MappingStore(options.cache, name=qualname, cache_if=options.fresh.cache_if)
+        store = MappingStore(options.cache, name=name, cache_if=options.fresh.cache_if)
     elif options.ttl is not None:
         fresh = options.fresh
         store = TTLStore(
             options.ttl,
             options.maxsize,
-            name=qualname,
+            name=name,
             stale=fresh.stale,
             early=fresh.early,
             stale_if_error=fresh.stale_if_error,
@@ -516,7 +512,6 @@ def _through_backend(func: Callable[..., Any], bound: Any, is_async: bool) -> Ca
     return run
 
 
-_Describe = Callable[[object, tuple[Any, ...], dict[str, Any]], TypeError]
 _NO_KWARGS: Final[dict[str, Any]] = {}
 
 # The wrapper is compiled from this source, specialised when decorating: with the
@@ -591,7 +586,7 @@ def _compile_wrapper(
     source: KeySource | None,
     group: Group | AsyncGroup,
     store: Store | None,
-    describe: _Describe,
+    describe: Describe,
 ) -> Callable[..., Any]:
     """Build the wrapper: see ``_WRAPPER``."""
     namespace: dict[str, Any] = {
@@ -642,7 +637,7 @@ def _compile_wrapper(
         lookup=_LOOKUPS[kind].format(args=args, kwargs=kwargs, wall=wall, early=early),
         call=(_ASYNC_CALL if is_async else _SYNC_CALL).format(args=call_args, kwargs=kwargs),
     )
-    code = compile(text, f"<singleflight wrapper of {_qualname(func)}>", "exec")
+    code = compile(text, f"<singleflight wrapper of {qualname(func)}>", "exec")
     # The names are the wrapper's globals: read as fast as closure cells, and with
     # no cells to copy into every call's frame.
     namespace["__builtins__"] = __builtins__
@@ -656,7 +651,7 @@ def _attach(
     plan: KeyPlan,
     group: Group | AsyncGroup,
     store: Store | None,
-    describe: _Describe,
+    describe: Describe,
     bound: Any,
     is_async: bool,
 ) -> None:

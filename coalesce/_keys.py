@@ -17,7 +17,7 @@ from collections.abc import Callable, Hashable, Sequence
 from operator import itemgetter
 from typing import Any, Final
 
-__all__ = ("KeyPlan", "describe_unhashable", "plan_key")
+__all__ = ("KeyPlan", "KeySource", "describe_unhashable", "key_source", "plan_key", "qualname")
 
 _EMPTY: Final = inspect.Parameter.empty
 _POSITIONAL: Final = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
@@ -64,7 +64,7 @@ class KeyPlan:
         self.user_key = user_key
 
 
-def _qualname(func: Callable[..., Any]) -> str:
+def qualname(func: Callable[..., Any]) -> str:
     return getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or repr(func)
 
 
@@ -90,7 +90,7 @@ def _binder(
     )
     varpos = any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params)
     varkw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
-    name = _qualname(func)
+    name = qualname(func)
 
     def fail(args: tuple[Any, ...], kwargs: dict[str, Any]) -> TypeError:
         try:
@@ -150,7 +150,7 @@ def _plan_without_signature(func: Callable[..., Any], key: object, typed: bool) 
     """Key from the raw arguments, for callables whose signature cannot be read."""
     if key is not None:
         raise TypeError(
-            f"key={key!r} names parameters, but the signature of {_qualname(func)} "
+            f"key={key!r} names parameters, but the signature of {qualname(func)} "
             "cannot be read; pass a key callable instead"
         )
 
@@ -172,7 +172,7 @@ def plan_key(func: Callable[..., Any], key: object, typed: bool) -> KeyPlan:
     if callable(key):
         if typed:
             raise TypeError(
-                f"typed=True has no effect with a key callable ({_qualname(func)}); "
+                f"typed=True has no effect with a key callable ({qualname(func)}); "
                 "put the types into the key the callable returns instead"
             )
         user_key = key
@@ -231,7 +231,7 @@ def plan_key(func: Callable[..., Any], key: object, typed: bool) -> KeyPlan:
         single = False
         if not chosen:
             raise ValueError(
-                f"key=() names no parameter of {_qualname(func)}(); name at least one, "
+                f"key=() names no parameter of {qualname(func)}(); name at least one, "
                 "or pass a key callable"
             )
     else:
@@ -244,7 +244,7 @@ def plan_key(func: Callable[..., Any], key: object, typed: bool) -> KeyPlan:
         raise TypeError(
             f"key names {', '.join(map(repr, unknown))}, which "
             f"{'is not a parameter' if len(unknown) == 1 else 'are not parameters'} of "
-            f"{_qualname(func)}{sig}; choose from {', '.join(map(repr, names)) or 'none'}"
+            f"{qualname(func)}{sig}; choose from {', '.join(map(repr, names)) or 'none'}"
         )
     index = tuple(names.index(k) for k in chosen)
     pick: Callable[[Sequence[Any]], Any]
@@ -296,7 +296,7 @@ def describe_unhashable(
     kwargs: dict[str, Any],
 ) -> TypeError:
     """The error for a key that cannot be hashed, naming the argument and the fix."""
-    name = _qualname(func)
+    name = qualname(func)
     if plan.user_key:
         return TypeError(
             f"the key function of {name}() returned an unhashable "
