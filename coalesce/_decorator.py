@@ -1,10 +1,11 @@
 """``singleflight()``: decide once, run lean.
 
 At decoration time this picks sync or async, the store (none, the built-in TTL store
-or the user's mapping) and the key plan, then builds a wrapper specialised for that
-choice: the per-call path has no option checks left in it. A hit is one key, one
-dictionary lookup, one clock read and one counter step; everything else goes through
-the function's group (``Group`` or ``AsyncGroup``), which the decorator is built on.
+or the user's mapping) and the key plan, then has ``_compile.py`` build a wrapper
+specialised for that choice: the per-call path has no option checks left in it. A hit
+is one key, one dictionary lookup, one clock read and one counter step; everything
+else goes through the function's group (``Group`` or ``AsyncGroup``), which the
+decorator is built on.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import functools
 import inspect
 import math
-import time as _time
 from collections.abc import Awaitable, Callable, Hashable, MutableMapping
 from typing import (
     Any,
@@ -27,9 +27,10 @@ from typing import (
     overload,
 )
 
+from ._compile import compile_wrapper, key_source
 from ._flight import AsyncGroup, Describe, Group, Stats
-from ._keys import KeyPlan, KeySource, describe_unhashable, key_source, plan_key, qualname
-from ._store import MISSING, MappingStore, Store, TTLStore, TTLView
+from ._keys import KeyPlan, describe_unhashable, plan_key, qualname
+from ._store import MappingStore, Store, TTLStore, TTLView
 
 __all__ = (
     "AsyncSingleflightFunction",
@@ -491,7 +492,7 @@ def _build(func: Callable[..., Any], options: _Options) -> Any:
         store = None
 
     source = key_source(func, options.key, options.typed)  # type: ignore[arg-type]
-    wrapper = _compile_wrapper(func, run, keyed, is_async, plan, source, group, store, describe)
+    wrapper = compile_wrapper(func, run, keyed, is_async, plan, source, group, store, describe)
     functools.update_wrapper(wrapper, func)
     _attach(wrapper, plan, group, store, describe, bound, is_async)
     return wrapper
@@ -510,140 +511,6 @@ def _through_backend(func: Callable[..., Any], bound: Any, is_async: bool) -> Ca
         return bound.call(key, functools.partial(func, *args, **kwargs))
 
     return run
-
-
-_NO_KWARGS: Final[dict[str, Any]] = {}
-
-# The wrapper is compiled from this source, specialised when decorating: with the
-# function's own parameters where they can be read (so Python itself binds the call
-# and the key is a tuple display), else with ``*args, **kwargs`` and the key plan.
-# One source serves ``def`` and ``async def``; the store decides the lookup block.
-_WRAPPER = """\
-{kind}def {name}({params}):
-    _sf_key = {key}
-{lookup}
-{call}
-"""
-
-_SYNC_CALL = """\
-    return _sf_call(_sf_key, _sf_run, {args}, {kwargs}, _sf_store)[0]"""
-
-# AsyncGroup._call answers at once when it can (no extra frame), else gives a
-# coroutine to await.
-_ASYNC_CALL = """\
-    _sf_out = _sf_call(_sf_key, _sf_run, {args}, {kwargs}, _sf_store)
-    if _sf_out.__class__ is not tuple:
-        _sf_out = await _sf_out
-    return _sf_out[0]"""
-
-# early= (F2): a hit may start one background refresh, and still returns at once.
-_EARLY = """
-            if _sf_early(_sf_entry):
-                _sf_refresh(_sf_key, _sf_run, {args}, {kwargs})"""
-
-_LOOKUPS = {
-    "none": "",
-    # The built-in store: no lock (S6), one lookup, one clock read at call time (S13).
-    # (A key being computed holds a tombstone, see TTLStore.mark: its callers find an
-    # entry that is not fresh, and no KeyError is raised for them.)
-    "ttl": """\
-    try:
-        _sf_entry = _sf_data[_sf_key]
-    except KeyError:
-        pass
-    except TypeError:
-        raise _sf_describe(_sf_key, {args}, {kwargs}) from None
-    else:
-        if _sf_entry[1] > _sf_time.monotonic(){wall}:
-            next(_sf_hits){early}
-            return _sf_entry[0]
-""",
-    # A user's mapping: only under its guard (S17).
-    "mapping": """\
-    _sf_lock = _sf_guard.lock
-    _sf_lock.acquire()
-    try:
-        _sf_value = _sf_mapping[_sf_key]
-    except KeyError:
-        _sf_value = _sf_MISSING
-    except TypeError:
-        raise _sf_describe(_sf_key, {args}, {kwargs}) from None
-    finally:
-        _sf_lock.release()
-    if _sf_value is not _sf_MISSING:
-        next(_sf_hits)
-        return _sf_value
-""",
-}
-
-
-def _compile_wrapper(
-    func: Callable[..., Any],
-    run: Callable[..., Any],
-    keyed: bool,
-    is_async: bool,
-    plan: KeyPlan,
-    source: KeySource | None,
-    group: Group | AsyncGroup,
-    store: Store | None,
-    describe: Describe,
-) -> Callable[..., Any]:
-    """Build the wrapper: see ``_WRAPPER``."""
-    namespace: dict[str, Any] = {
-        "_sf_call": group._call,
-        "_sf_run": run,
-        "_sf_store": store,
-        "_sf_describe": describe,
-        "_sf_hits": group._stats.hits,
-        "_sf_time": _time,
-        "_sf_MISSING": MISSING,
-        "_sf_nokw": _NO_KWARGS,
-    }
-    wall = early = ""
-    if isinstance(store, TTLStore):
-        kind = "ttl"
-        namespace["_sf_data"] = store.data
-        if store.dual:
-            # time-machine is loaded: it moves only the wall clock (see TTLStore).
-            wall = " and _sf_entry[2] > _sf_time.time()"
-        if store.early:
-            namespace["_sf_early"] = store.refresh_early
-            namespace["_sf_refresh"] = functools.partial(group._refresh, store=store)
-            early = _EARLY
-    elif isinstance(store, MappingStore):
-        kind = "mapping"
-        namespace["_sf_mapping"] = store.mapping
-        namespace["_sf_guard"] = store.guard
-    else:
-        kind = "none"
-    if source is not None:
-        params, key, args, kwargs = source.params, source.key, source.args, source.kwargs
-        namespace.update(source.defaults)
-    else:
-        namespace["_sf_n"] = plan.fast_nargs
-        namespace["_sf_make_key"] = plan.make
-        params, args, kwargs = "*args, **kwargs", "args", "kwargs"
-        key = "args if not kwargs and len(args) == _sf_n else _sf_make_key(args, kwargs)"
-    if kwargs == "{}":
-        kwargs = "_sf_nokw"  # never changed by anyone: no dict to build per call
-    call_args = f"(_sf_key, *{args})" if keyed else args
-    early = early.format(args=call_args, kwargs=kwargs)
-    name = "wrapper"
-    text = _WRAPPER.format(
-        kind="async " if is_async else "",
-        name=name,
-        params=params,
-        key=key,
-        lookup=_LOOKUPS[kind].format(args=args, kwargs=kwargs, wall=wall, early=early),
-        call=(_ASYNC_CALL if is_async else _SYNC_CALL).format(args=call_args, kwargs=kwargs),
-    )
-    code = compile(text, f"<singleflight wrapper of {qualname(func)}>", "exec")
-    # The names are the wrapper's globals: read as fast as closure cells, and with
-    # no cells to copy into every call's frame.
-    namespace["__builtins__"] = __builtins__
-    exec(code, namespace)
-    wrapper: Callable[..., Any] = namespace[name]
-    return wrapper
 
 
 def _attach(

@@ -17,7 +17,7 @@ from collections.abc import Callable, Hashable, Sequence
 from operator import itemgetter
 from typing import Any, Final
 
-__all__ = ("KeyPlan", "KeySource", "describe_unhashable", "key_source", "plan_key", "qualname")
+__all__ = ("KeyPlan", "describe_unhashable", "plan_key", "qualname")
 
 _EMPTY: Final = inspect.Parameter.empty
 _POSITIONAL: Final = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
@@ -324,96 +324,3 @@ def describe_unhashable(
         f"unhashable argument {pname!r} of {name}() (a {type(value).__name__}); "
         "pass key=... to choose what identifies a call, e.g. key=lambda *a, **k: ..."
     )
-
-
-# Builtins the compiled wrapper's source uses (see _decorator._WRAPPER).
-_TEMPLATE_NAMES: Final = frozenset({"next", "tuple", "sorted", "KeyError", "TypeError"})
-
-
-class KeySource:
-    """Python source for a wrapper with the function's own signature.
-
-    A wrapper compiled with the same parameters as the function lets Python do the
-    binding (defaults, keywords, errors) at C speed; the key is then a tuple display
-    of the parameters, equal to what :class:`KeyPlan` builds for the same call.
-    """
-
-    __slots__ = ("args", "defaults", "key", "kwargs", "params")
-
-    def __init__(
-        self, params: str, defaults: dict[str, Any], key: str, args: str, kwargs: str
-    ) -> None:
-        self.params = params  # "a, b=_sf_d1, /, *rest, k=_sf_d3, **kw"
-        self.defaults = defaults  # {"_sf_d1": <default of b>, ...}
-        self.key = key  # the key expression
-        self.args = args  # positional arguments to call the function with, a tuple
-        self.kwargs = kwargs  # keyword arguments to call it with, a dict
-
-
-def key_source(func: Callable[..., Any], key: object, typed: bool) -> KeySource | None:
-    """Source for a compiled wrapper, or ``None`` where the generic wrapper must serve.
-
-    Covers the default key and keys by parameter name, untyped; a key callable,
-    ``typed=True`` and unreadable signatures use the generic ``*args`` wrapper.
-    """
-    if typed or (key is not None and not isinstance(key, str | Sequence)) or callable(key):
-        return None
-    try:
-        sig = inspect.signature(func)
-    except (TypeError, ValueError):
-        return None
-    params = list(sig.parameters.values())
-    if any(p.name.startswith("_sf_") or p.name in _TEMPLATE_NAMES for p in params):
-        return None  # a parameter would hide a name the wrapper's source uses
-    parts: list[str] = []
-    defaults: dict[str, Any] = {}
-    slot_exprs: list[str] = []
-    positional: list[str] = []
-    keywords: list[str] = []
-    seen_star = False
-    for i, p in enumerate(params):
-        default = ""
-        if p.default is not _EMPTY:
-            defaults[f"_sf_d{i}"] = p.default
-            default = f"=_sf_d{i}"
-        if p.kind is inspect.Parameter.POSITIONAL_ONLY:
-            parts.append(p.name + default)
-            if i + 1 == len(params) or params[i + 1].kind is not inspect.Parameter.POSITIONAL_ONLY:
-                parts.append("/")
-            slot_exprs.append(p.name)
-            positional.append(p.name)
-        elif p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD:
-            parts.append(p.name + default)
-            slot_exprs.append(p.name)
-            positional.append(p.name)
-        elif p.kind is inspect.Parameter.VAR_POSITIONAL:
-            parts.append("*" + p.name)
-            seen_star = True
-            slot_exprs.append(p.name)
-            positional.append("*" + p.name)
-        elif p.kind is inspect.Parameter.KEYWORD_ONLY:
-            if not seen_star:
-                parts.append("*")
-                seen_star = True
-            parts.append(p.name + default)
-            slot_exprs.append(p.name)
-            keywords.append(f"{p.name!r}: {p.name}")
-        else:
-            parts.append("**" + p.name)
-            slot_exprs.append(f"tuple(sorted({p.name}.items()))")
-            keywords.append("**" + p.name)
-    args = f"({', '.join(positional)},)" if positional else "()"
-    kwargs = "{" + ", ".join(keywords) + "}"
-    if key is None:
-        single = len(params) == 1 and params[0].kind in _POSITIONAL
-        key_expr = (
-            slot_exprs[0] if single else f"({', '.join(slot_exprs)},)" if slot_exprs else "()"
-        )
-    else:
-        chosen = (key,) if isinstance(key, str) else tuple(key)
-        names = [p.name for p in params]
-        if not chosen or any(not isinstance(k, str) or k not in names for k in chosen):
-            return None  # plan_key raises the error that explains it
-        picked = [slot_exprs[names.index(k)] for k in chosen]
-        key_expr = picked[0] if isinstance(key, str) else f"({', '.join(picked)},)"
-    return KeySource(", ".join(parts), defaults, key_expr, args, kwargs)

@@ -30,7 +30,22 @@ from typing import Any, Final
 
 from ._fork import at_fork
 
-__all__ = ("MISSING", "CachedError", "MappingStore", "Store", "TTLStore", "TTLView")
+__all__ = (
+    "BORN",
+    "BORN_WALL",
+    "DELTA",
+    "FRESH",
+    "FRESH_WALL",
+    "MISSING",
+    "TTL",
+    "VALUE",
+    "CachedError",
+    "Entry",
+    "MappingStore",
+    "Store",
+    "TTLStore",
+    "TTLView",
+)
 
 
 class _Missing:
@@ -67,8 +82,12 @@ def wall_clock_too() -> bool:
     return "time_machine" in sys.modules
 
 
-# An entry of the built-in store: a plain tuple, the cheapest thing to read.
-_VALUE, _FRESH, _FRESH_WALL, _BORN, _BORN_WALL, _TTL, _DELTA = range(7)
+# An entry of the built-in store: a plain tuple, the cheapest thing to read. Its
+# fields by name (the compiled wrappers read VALUE, FRESH and FRESH_WALL, _compile.py):
+# the result; until when it is fresh by the monotonic clock and by the wall clock
+# (time-machine, see wall_clock_too); when it was stored, by each clock; its ttl; and
+# how long computing it took (for early=).
+VALUE, FRESH, FRESH_WALL, BORN, BORN_WALL, TTL, DELTA = range(7)
 Entry = tuple[Any, float, float, float, float, float, float]
 _INF: Final = math.inf
 # Born and fresh at minus infinity: older than every window, so never served.
@@ -146,17 +165,17 @@ class TTLStore:
         return _time.monotonic(), (_time.time() if self.dual else 0.0)
 
     def _age(self, entry: Entry, mono: float, wall: float) -> float:
-        age = mono - entry[_BORN]
+        age = mono - entry[BORN]
         if self.dual:
-            age = max(age, wall - entry[_BORN_WALL])
+            age = max(age, wall - entry[BORN_WALL])
         return age
 
     def lookup(self, key: Hashable) -> Any:
         """The fresh value, a :class:`CachedError`, or ``MISSING``."""
         mono, wall = self.now()
         entry = self.data.get(key)
-        if entry is not None and self._age(entry, mono, wall) < entry[_TTL]:
-            return entry[_VALUE]
+        if entry is not None and self._age(entry, mono, wall) < entry[TTL]:
+            return entry[VALUE]
         if self.errors:
             kept = self.errors.get(key)
             if kept is not None:
@@ -172,8 +191,8 @@ class TTLStore:
         if entry is None or not window:
             return MISSING
         mono, wall = self.now()
-        if self._age(entry, mono, wall) < entry[_TTL] + window:
-            return entry[_VALUE]
+        if self._age(entry, mono, wall) < entry[TTL] + window:
+            return entry[VALUE]
         return MISSING
 
     def stale_value(self, key: Hashable) -> Any:
@@ -186,9 +205,9 @@ class TTLStore:
 
     def refresh_early(self, entry: Entry) -> bool:
         """XFetch (F2): recompute before expiry, likelier as it nears, scaled by delta."""
-        gap = -entry[_DELTA] * self.early * math.log(1.0 - random.random())
-        return _time.monotonic() + gap >= entry[_FRESH] or (
-            self.dual and _time.time() + gap >= entry[_FRESH_WALL]
+        gap = -entry[DELTA] * self.early * math.log(1.0 - random.random())
+        return _time.monotonic() + gap >= entry[FRESH] or (
+            self.dual and _time.time() + gap >= entry[FRESH_WALL]
         )
 
     def _lifetime(self, value: Any) -> float:
@@ -250,7 +269,7 @@ class TTLStore:
                 old_key, old_entry = order[0]
                 if data.get(old_key) is not old_entry:
                     order.popleft()
-                elif self._age(old_entry, mono, wall) >= old_entry[_TTL] + self.keep or (
+                elif self._age(old_entry, mono, wall) >= old_entry[TTL] + self.keep or (
                     maxsize is not None and len(data) > maxsize
                 ):
                     del data[old_key]
@@ -306,7 +325,7 @@ class TTLStore:
         """Drop every entry past all its windows, and every expired kept error (locked)."""
         data = self.data
         for key, entry in list(data.items()):
-            if self._age(entry, mono, wall) >= entry[_TTL] + self.keep:
+            if self._age(entry, mono, wall) >= entry[TTL] + self.keep:
                 del data[key]
         errors = self.errors
         for key, kept in list(errors.items()):
@@ -321,7 +340,7 @@ class TTLStore:
         if entry is None:
             return False
         mono, wall = self.now()
-        return self._age(entry, mono, wall) < entry[_TTL] + self.stale
+        return self._age(entry, mono, wall) < entry[TTL] + self.stale
 
     def clear(self) -> None:
         with self.lock:
@@ -345,7 +364,7 @@ class TTLStore:
 
 
 def _born(item: tuple[Hashable, Entry]) -> float:
-    return item[1][_BORN]
+    return item[1][BORN]
 
 
 class TTLView(MutableMapping[Hashable, Any]):
@@ -379,7 +398,7 @@ class TTLView(MutableMapping[Hashable, Any]):
         return [
             key
             for key, entry in list(store.data.items())
-            if store._age(entry, mono, wall) < entry[_TTL]
+            if store._age(entry, mono, wall) < entry[TTL]
         ]
 
     def __iter__(self) -> Iterator[Hashable]:
