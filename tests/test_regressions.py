@@ -155,30 +155,39 @@ def test_s7_the_first_step_task_answers_get_coro_and_repr() -> None:
 
 @pytest.mark.parametrize("outcome", ["raises", "rejected", "invalidated"])
 def test_s16_an_execution_that_stores_nothing_leaves_nothing_in_the_store(outcome: str) -> None:
-    """S16: a failed, rejected or invalidated execution leaves no placeholder behind."""
+    """S16: a failed, rejected or invalidated execution keeps no reference to its key behind."""
     release = threading.Event()
     running = threading.Event()
 
+    class Arg:
+        """A key (one parameter: the key is the argument) that a weakref can watch."""
+
     @singleflight(ttl=60, cache_if=lambda result: outcome != "rejected")
-    def load(x: int) -> int:
+    def load(x: Arg) -> Arg:
         running.set()
         assert release.wait(10)
         if outcome == "raises":
             raise ValueError("no")
-        return x
+        return Arg()
 
-    def call() -> None:
+    def call(arg: Arg) -> None:
         try:
-            load(1)
+            load(arg)
         except ValueError:
             pass
 
-    leader = threading.Thread(target=call)
+    arg = Arg()
+    arg_ref = weakref.ref(arg)
+    leader = threading.Thread(target=call, args=(arg,))
     leader.start()
     assert running.wait(10)
     if outcome == "invalidated":
-        load.invalidate(1)
+        load.invalidate(arg)
     release.set()
     leader.join(10)
-    assert load.cache._store.data == {}  # type: ignore[union-attr]
+    assert not leader.is_alive()
+    del leader, arg
+    gc.collect()
+    assert arg_ref() is None  # nothing in the store (no placeholder) holds the key
+    assert list(load.cache) == []
     assert load.cache_info().currsize == 0
