@@ -10,24 +10,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import random
 import re
 import subprocess
 import sys
 import textwrap
 import threading
-import types
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from _core_support import WAIT
+from _core_support import WAIT, aeventually
 from _freshness_support import START, Driver, Hold, Runs
 from freezegun import freeze_time
 from freezegun.api import FrozenDateTimeFactory, StepTickTimeFactory, TickingDateTimeFactory
 
-import coalesce._store
 from coalesce import CacheInfo, singleflight
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,8 +58,8 @@ def logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
 
 
 def _patch_random(monkeypatch: pytest.MonkeyPatch, value: float) -> None:
-    """Make XFetch's draw ``value``, as the store sees it (and nothing else)."""
-    monkeypatch.setattr(coalesce._store, "random", types.SimpleNamespace(random=lambda: value))
+    """Make XFetch's draw ``value``: it is taken from the ``random`` module (F2)."""
+    monkeypatch.setattr(random, "random", lambda: value)
 
 
 # ------------------------------------------------------------------- F1: stale=
@@ -176,10 +175,7 @@ def test_f1_async_refresh_is_a_task_on_the_callers_loop(frozen: Frozen) -> None:
         frozen.tick(15)
         caller = asyncio.current_task()
         assert await load(1) == 1
-        for _ in range(100_000):
-            if load.cache_info().in_flight == 0:
-                break
-            await asyncio.sleep(0)
+        await aeventually(lambda: load.cache_info().in_flight == 0, "the refresh to land")
         assert await load(1) == 2
         loop, task = seen[1]
         assert loop is asyncio.get_running_loop()
