@@ -7,7 +7,7 @@ import threading
 from typing import Any
 
 import pytest
-from _core_support import WAIT, Caller, eventually, wait
+from _core_support import WAIT, Caller, as_kind, eventually, run, wait
 
 from coalesce import AsyncGroup, Group, ReentrantCallError
 
@@ -57,10 +57,10 @@ def test_group_concurrent_do_runs_once_and_shares() -> None:
     assert "k" not in group
 
 
-def test_group_do_shared_alone_is_not_shared() -> None:
-    """Section 1: do_shared reports shared=False when the outcome went to one caller."""
-    group = Group()
-    assert group.do_shared("k", lambda: 5) == (5, False)
+def test_group_do_shared_alone_is_not_shared(kind: str) -> None:
+    """Section 1: Group and AsyncGroup do_shared report shared=False for a lone caller."""
+    group = Group() if kind == "sync" else AsyncGroup()
+    assert run(group.do_shared, "k", as_kind(kind, lambda: 5)) == (5, False)
 
 
 def test_group_errors_are_shared_and_not_kept() -> None:
@@ -159,14 +159,18 @@ def test_async_group_do_and_do_shared() -> None:
         group = AsyncGroup()
         release = asyncio.Event()
 
+        started = asyncio.Event()
+
         async def fn(x: int, *, key: int = 0) -> object:
             runs.append(x)
+            started.set()
             await release.wait()
             return object()
 
         tasks = [asyncio.create_task(group.do_shared("k", fn, 1, key=2)) for _ in range(4)]
-        for _ in range(5):
-            await asyncio.sleep(0)
+        # The tasks start in the order they were made (asyncio runs ready callbacks
+        # first in, first out), all before this one wakes: every one has joined.
+        await asyncio.wait_for(started.wait(), WAIT)
         assert "k" in group
         assert len(group) == 1
         release.set()
@@ -180,19 +184,6 @@ def test_async_group_do_and_do_shared() -> None:
     assert runs == [1]
 
 
-def test_async_group_do_shared_alone_is_not_shared() -> None:
-    """Section 1: AsyncGroup.do_shared reports shared=False for a lone caller."""
-
-    async def fn() -> int:
-        await asyncio.sleep(0)
-        return 5
-
-    async def main() -> tuple[int, bool]:
-        return await AsyncGroup().do_shared("k", fn)
-
-    assert asyncio.run(main()) == (5, False)
-
-
 def test_async_group_errors_are_shared() -> None:
     """S2: AsyncGroup callers share the same exception object, then it runs again."""
 
@@ -200,13 +191,15 @@ def test_async_group_errors_are_shared() -> None:
         group = AsyncGroup()
         release = asyncio.Event()
 
+        started = asyncio.Event()
+
         async def fn() -> None:
+            started.set()
             await release.wait()
             raise ValueError("boom")
 
         tasks = [asyncio.create_task(group.do("k", fn)) for _ in range(3)]
-        for _ in range(5):
-            await asyncio.sleep(0)
+        await asyncio.wait_for(started.wait(), WAIT)  # the later tasks joined before (FIFO)
         release.set()
         errors = await asyncio.gather(*tasks, return_exceptions=True)
         assert isinstance(errors[0], ValueError)
@@ -227,7 +220,10 @@ def test_async_group_forget() -> None:
         group = AsyncGroup()
         release = asyncio.Event()
 
+        started = asyncio.Event()
+
         async def slow() -> str:
+            started.set()
             await release.wait()
             return "old"
 
@@ -235,7 +231,7 @@ def test_async_group_forget() -> None:
             return "new"
 
         first = asyncio.create_task(group.do("k", slow))
-        await asyncio.sleep(0)
+        await asyncio.wait_for(started.wait(), WAIT)
         assert "k" in group
         assert group.forget("k") is True
         assert "k" not in group
