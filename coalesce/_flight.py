@@ -24,8 +24,7 @@ import queue
 import sys
 import threading
 import time as _time
-import weakref
-from collections.abc import Awaitable, Callable, Coroutine, Generator, Hashable
+from collections.abc import Awaitable, Callable, Coroutine, Hashable
 from typing import Any, Final, NamedTuple, ParamSpec, TypeVar
 
 from ._errors import ReentrantCallError
@@ -46,11 +45,6 @@ _CANCELLED: Final = 4
 _ABANDONED: Final = 5  # aborted with nobody waiting
 
 
-def _count(counter: itertools.count[int]) -> int:
-    """Read an ``itertools.count`` without advancing it."""
-    return int(repr(counter)[6:-1])
-
-
 class Counts(NamedTuple):
     hits: int
     misses: int
@@ -65,14 +59,17 @@ class Stats:
     """Exact counters shared by a group and the decorator built on it (S12).
 
     ``next()`` on an ``itertools.count`` is one atomic step, so counting needs no lock.
-    ``cache_clear()`` resets by remembering a baseline, so nothing on the hot path
-    ever has to be swapped.
+    A count can only be read by advancing it too, so reads take turns under a lock and
+    each takes away the reads made before it. ``cache_clear()`` resets by remembering
+    a baseline, so nothing on the hot path ever has to be swapped.
     """
 
     _RESETTABLE = ("hits", "misses", "coalesced", "errors", "stale", "refreshes")
 
     __slots__ = (
         "_base",
+        "_reading",
+        "_reads",
         "coalesced",
         "ended",
         "errors",
@@ -93,23 +90,34 @@ class Stats:
         self.started = itertools.count()
         self.ended = itertools.count()
         self._base = (0,) * len(self._RESETTABLE)
+        self._reading = threading.Lock()
+        self._reads: dict[str, int] = {}
+
+    def _read(self, name: str) -> int:
+        """The count of ``name`` now (its ``next()`` also counts this read and earlier ones)."""
+        with self._reading:
+            reads = self._reads.get(name, 0)
+            self._reads[name] = reads + 1
+            value: int = next(getattr(self, name))
+        return value - reads
 
     def snapshot(self) -> Counts:
         """Every counter since the last reset, and ``in_flight`` now."""
-        ended = _count(self.ended)
+        ended = self._read("ended")
         hits, misses, coalesced, errors, stale, refreshes = (
-            _count(getattr(self, name)) - base
-            for name, base in zip(self._RESETTABLE, self._base, strict=True)
+            self._read(name) - base for name, base in zip(self._RESETTABLE, self._base, strict=True)
         )
-        in_flight = _count(self.started) - ended
+        in_flight = self._read("started") - ended
         return Counts(hits, misses, coalesced, errors, in_flight, stale, refreshes)
 
     def after_fork(self) -> None:
         """In a forked child: the parent's executions are not running here."""
-        self.ended = itertools.count(_count(self.started))
+        self._reading = threading.Lock()  # another thread may have held it at the fork
+        self.ended = itertools.count(self._read("started"))
+        self._reads["ended"] = 0
 
     def reset(self) -> None:
-        self._base = tuple(_count(getattr(self, name)) for name in self._RESETTABLE)
+        self._base = tuple(self._read(name) for name in self._RESETTABLE)
 
 
 _log = logging.getLogger("coalesce")
@@ -589,14 +597,7 @@ class Group:
 
 _Task = asyncio.Task
 _get_running_loop = asyncio.get_running_loop
-_current_tasks: dict[asyncio.AbstractEventLoop, asyncio.Task[Any]] | None = getattr(
-    asyncio.tasks, "_current_tasks", None
-)
-if _current_tasks is not None:
-    # asyncio.current_task(loop) is this lookup behind a Python-level call on 3.11.
-    _task_of: Callable[[asyncio.AbstractEventLoop], asyncio.Task[Any] | None] = _current_tasks.get
-else:  # pragma: no cover - newer Pythons keep the current task elsewhere
-    _task_of = asyncio.current_task
+_current_task = asyncio.current_task
 
 
 class _AsyncFlight:
@@ -616,13 +617,6 @@ class _AsyncFlight:
 
 
 _FlightKey = tuple[asyncio.AbstractEventLoop, Hashable]
-_get_ident = threading.get_ident
-
-
-def _no_loop() -> None:
-    return None
-
-
 _Outcome = tuple[Any, "_AsyncFlight | None"]
 
 
@@ -634,12 +628,11 @@ class AsyncGroup:
     get flights of their own (S10).
     """
 
-    __slots__ = ("__weakref__", "_describe", "_flights", "_loop_hint", "_stats")
+    __slots__ = ("__weakref__", "_describe", "_flights", "_stats")
 
     def __init__(self) -> None:
         # Keyed by (loop, key): one flat dict, nothing to tidy when a loop goes.
         self._flights: dict[_FlightKey, _AsyncFlight] = {}
-        self._loop_hint: Callable[[], asyncio.AbstractEventLoop | None] = _no_loop
         self._stats = Stats()
         self._describe: Describe = _no_describe
         at_fork(self)
@@ -649,7 +642,6 @@ class AsyncGroup:
 
     def _after_fork(self) -> None:
         self._flights = {}
-        self._loop_hint = _no_loop
         self._stats.after_fork()
 
     async def do(
@@ -730,14 +722,7 @@ class AsyncGroup:
         it; ``flight`` is ``None`` for a hit. Not itself a coroutine, so a call that
         never suspends costs no extra frame.
         """
-        # The loop of the last call, if it is running in this thread now (an asyncio
-        # loop records its thread while it runs, and a thread runs one loop at a
-        # time): cheaper than get_running_loop(), which asks the OS for its pid.
-        loop = self._loop_hint()
-        if loop is None or loop._thread_id != _get_ident():  # type: ignore[attr-defined]
-            loop = _get_running_loop()
-            if isinstance(loop, asyncio.BaseEventLoop):
-                self._loop_hint = weakref.ref(loop)
+        loop = _get_running_loop()
         fkey = (loop, key)
         flights = self._flights
         try:
@@ -752,7 +737,7 @@ class AsyncGroup:
                     self._start_background(loop, fkey, fn, args, kwargs, store)
                 return value, None
         if flight is not None:
-            if flight.task is not None and flight.task is _task_of(loop):
+            if flight.task is not None and flight.task is _current_task(loop):
                 raise ReentrantCallError(
                     f"this call of key {key!r} would wait on an execution of the same key "
                     "that its own task is running, which would deadlock"
@@ -797,6 +782,13 @@ class AsyncGroup:
         next(self._stats.refreshes)
         flight.task = loop.create_task(self._settle(fkey, flight, fn, args, kwargs, store))
 
+    def _unstarted(
+        self, fkey: _FlightKey, flight: _AsyncFlight, store: Store | None, task: object
+    ) -> None:
+        """3.11: a task cancelled before its first step never ran ``_settle``; end its flight."""
+        if flight.state == _RUNNING:
+            self._finish(fkey, flight, store, False, asyncio.CancelledError())
+
     def _refresh(
         self,
         key: Hashable,
@@ -822,7 +814,7 @@ class AsyncGroup:
     ) -> None:
         """The execution task's coroutine: await the work, then settle the flight."""
         if flight.task is None:
-            flight.task = _task_of(fkey[0])  # an eager task, still being made (3.12+)
+            flight.task = _current_task(fkey[0])  # an eager task, still being made (3.12+)
         try:
             value = await fn(*args, **kwargs)
         except BaseException as exc:
@@ -887,203 +879,29 @@ class AsyncGroup:
             raise
 
 
-if sys.version_info >= (3, 12):
+# The execution's task. On 3.12+ it starts eagerly: its first step runs at once,
+# inside the first call, as that task (so ``current_task()``, an ``asyncio.timeout``
+# or a ``TaskGroup`` there belong to the execution), and a function that returns
+# without suspending costs no task switch. On 3.11 it is a plain task.
+_EAGER: Final[dict[str, Any]] = {"eager_start": True} if sys.version_info >= (3, 12) else {}
 
-    def _launch(
-        group: AsyncGroup,
-        loop: asyncio.AbstractEventLoop,
-        fkey: _FlightKey,
-        flight: _AsyncFlight,
-        fn: Callable[..., Awaitable[Any]],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        store: Store | None,
-    ) -> bool:
-        """Start the execution as an eager task; ``True`` if it finished in its first step."""
-        coro = group._settle(fkey, flight, fn, args, kwargs, store)
-        task = _Task(coro, loop=loop, context=contextvars.copy_context(), eager_start=True)
-        if task.done():
-            return True
-        flight.task = task
-        return False
 
-else:  # pragma: no cover - exercised on 3.11 only
-    import types
-
-    # The C module's own table of current tasks: setting an item here is what
-    # _enter_task/_leave_task do, without their two calls each.
-    _tasks_now: dict[asyncio.AbstractEventLoop, asyncio.Task[Any]] = asyncio.tasks._current_tasks  # type: ignore[attr-defined]
-
-    _CoroutineType = types.CoroutineType
-
-    class _Parked:
-        """What a driver yields when its job is done (never a real awaitable)."""
-
-        __slots__ = ()
-
-    _PARKED: Final = _Parked()
-    _Job = tuple[
-        AsyncGroup, _FlightKey, _AsyncFlight, Callable[..., Awaitable[Any]], tuple[Any, ...],
-        dict[str, Any], "Store | None",
-    ]  # fmt: skip
-
-    @types.coroutine
-    def _driver() -> Generator[Any, Any, None]:
-        """Run executions' first steps, one job per ``send``, without exceptions.
-
-        Stepping a coroutine by hand ends in ``StopIteration``, which costs more than
-        the rest of an uncontended call. A driver instead runs the work with
-        ``yield from`` (a return needs no exception there), settles the flight, and
-        yields ``_PARKED`` to say it is ready for the next job. If the work suspends,
-        its yield comes out of ``send`` instead, and this driver belongs to that
-        execution's task from then on.
-        """
-        job: _Job = yield None
-        while True:
-            group, fkey, flight, fn, args, kwargs, store = job
-            del job
-            try:
-                work: Any = fn(*args, **kwargs)
-                # What get_coro() answers while this first step runs.
-                flight.task._sf_work = work  # type: ignore[union-attr]
-                # A coroutine is driven directly: its return needs no exception.
-                steps: Any = work if type(work) is _CoroutineType else work.__await__()
-                value = yield from steps
-            except BaseException as exc:
-                group._finish(fkey, flight, store, False, exc)
-                if not isinstance(exc, Exception):
-                    raise
-            else:
-                if store is None and not flight.waiters and not flight.background:
-                    # The common first step: no cache to fill, nobody to wake.
-                    flight.state = _DONE
-                    flight.value = value
-                    registry = group._flights
-                    if registry.get(fkey) is flight:
-                        del registry[fkey]
-                    next(group._stats.ended)
-                else:
-                    group._finish(fkey, flight, store, True, value)
-            # Drop every reference to this job before parking (S16).
-            del group, fkey, flight, fn, args, kwargs, store
-            value = work = steps = None
-            job = yield _PARKED
-
-    # Idle drivers, ready for a job; list.pop and list.append are atomic, so each
-    # driver serves one thread at a time, and a first step that starts another
-    # execution (nested calls) simply takes another driver.
-    # (Their bound ``send``: one attribute lookup less per call.)
-    _drivers: list[Callable[[Any], Any]] = []
-
-    class _FirstStepTask(_Task):  # type: ignore[type-arg]
-        """The execution's task, made before its first step and initialised only if
-        that step suspends (3.12's eager tasks, by hand).
-
-        Until then it is an uninitialised C ``Task``: what it cannot answer yet raises
-        ``RuntimeError``, except ``get_coro()``, which would crash the interpreter and
-        so answers ``None``, and ``repr()``, which says what it is.
-        """
-
-        def get_coro(self) -> Any:
-            coro = self._coro  # type: ignore[attr-defined]
-            return getattr(self, "_sf_work", None) if coro is None else coro
-
-        def __repr__(self) -> str:
-            try:
-                return super().__repr__()
-            except RuntimeError:
-                return f"<coalesce first-step Task {self.get_name()!r}>"
-
-    # Stand-in tasks whose first step finished without anyone keeping a reference
-    # (strong or weak) to them: the next first step may use one, unobservably.
-    _spare_tasks: list[asyncio.Task[None]] = []
-    _refs = sys.getrefcount
-    _weakrefs = weakref.getweakrefcount
-
-    def _new_driver() -> Callable[[Any], Any]:
-        driver = _driver()
-        driver.send(None)
-        return driver.send
-
-    @types.coroutine
-    def _rest(driver: Generator[Any, Any, None], yielded: Any) -> Generator[Any, Any, None]:
-        """The rest of an execution whose first step suspended: drive its driver on.
-
-        Handed to the task already started (see ``_launch``), so that a cancellation
-        arriving before the task's first step is thrown into the work, as it would
-        be into an eager task, instead of ending a coroutine that never began.
-        """
-        try:
-            yield  # where the task finds it; its first step resumes from here
-        except GeneratorExit:
-            driver.close()
-            raise
-        except BaseException as exc:
-            yielded = driver.throw(exc)
-        while yielded is not _PARKED:
-            try:
-                sent = yield yielded
-            except GeneratorExit:
-                driver.close()
-                raise
-            except BaseException as exc:
-                yielded = driver.throw(exc)
-            else:
-                yielded = driver.send(sent)
-        driver.close()
-
-    def _launch(
-        group: AsyncGroup,
-        loop: asyncio.AbstractEventLoop,
-        fkey: _FlightKey,
-        flight: _AsyncFlight,
-        fn: Callable[..., Awaitable[Any]],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        store: Store | None,
-    ) -> bool:
-        """Emulate 3.12's eager tasks: run the first step now, as the execution's task.
-
-        A Task object is made but not yet initialised, and is the current task while
-        the first step runs, as an eager task would be (so an ``asyncio.timeout`` or
-        ``TaskGroup`` entered there belongs to the execution, not to the caller).
-        Only if the step suspends is the task initialised, to drive the rest from
-        where it stopped; a call that never suspends schedules nothing at all.
-        ``True`` if it finished in its first step.
-        """
-        try:
-            task = _spare_tasks.pop()
-        except IndexError:
-            task = _FirstStepTask.__new__(_FirstStepTask)
-        flight.task = task
-        try:
-            send = _drivers.pop()
-        except IndexError:
-            send = _new_driver()
-        context = contextvars.copy_context()
-        tasks_now = _tasks_now
-        caller = tasks_now.get(loop)
-        tasks_now[loop] = task
-        try:
-            yielded = context.run(send, (group, fkey, flight, fn, args, kwargs, store))
-        finally:
-            if caller is None:
-                tasks_now.pop(loop, None)
-            else:
-                tasks_now[loop] = caller
-        if yielded is _PARKED:
-            _drivers.append(send)
-            flight.task = None
-            task._sf_work = None  # type: ignore[attr-defined]
-            if not task._must_cancel and _refs(task) == 2 and not _weakrefs(task):  # type: ignore[attr-defined]
-                # Never cancelled, and only this frame holds it (2: here and the
-                # call's argument): reusing it cannot be seen.
-                _spare_tasks.append(task)
-            return True
-        cancel_requested = task._must_cancel  # type: ignore[attr-defined]
-        rest = _rest(send.__self__, yielded)  # type: ignore[attr-defined]
-        next(rest)
-        _Task.__init__(task, rest, loop=loop, context=context)
-        if cancel_requested:
-            task.cancel()
-        return False
+def _launch(
+    group: AsyncGroup,
+    loop: asyncio.AbstractEventLoop,
+    fkey: _FlightKey,
+    flight: _AsyncFlight,
+    fn: Callable[..., Awaitable[Any]],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    store: Store | None,
+) -> bool:
+    """Start the execution's task; ``True`` if it finished in its first step (3.12+)."""
+    coro = group._settle(fkey, flight, fn, args, kwargs, store)
+    task = _Task(coro, loop=loop, context=contextvars.copy_context(), **_EAGER)
+    if task.done():
+        return True
+    flight.task = task
+    if not _EAGER:
+        task.add_done_callback(functools.partial(group._unstarted, fkey, flight, store))
+    return False
