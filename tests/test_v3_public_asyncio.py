@@ -204,4 +204,3 @@ def test_s12_counters_read_while_counting_stay_exact() -> None:
     load(0)
     load(0)
     assert (load.cache_info().hits, load.cache_info().misses) == (1, 1)
-
