@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import math
 from collections.abc import Awaitable, Callable, Hashable, MutableMapping
 from typing import (
     Any,
@@ -30,6 +29,7 @@ from typing import (
 from ._compile import compile_wrapper, key_source
 from ._flight import AsyncGroup, Describe, Group, Stats
 from ._keys import KeyPlan, describe_unhashable, plan_key, qualname
+from ._seconds import seconds
 from ._store import MappingStore, Store, TTLStore, TTLView
 
 __all__ = (
@@ -182,21 +182,6 @@ class BoundSingleflightFunction(Protocol, Generic[S_contra, P, R_co]):
     def forget(self, instance: S_contra, /, *args: P.args, **kwargs: P.kwargs) -> bool: ...
 
 
-def _check_seconds(name: str, value: object, func_name: str | None = None) -> float:
-    where = f" of {func_name}()" if func_name else ""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(
-            f"{name}{where} must be a number of seconds (int or float), "
-            f"not {type(value).__name__} ({value!r})"
-        )
-    seconds = float(value)
-    if math.isnan(seconds) or math.isinf(seconds) or seconds <= 0:
-        raise ValueError(
-            f"{name}{where} must be a finite number of seconds greater than 0, not {value!r}"
-        )
-    return seconds
-
-
 def _is_async(func: Callable[..., Any]) -> bool:
     if inspect.iscoroutinefunction(func):
         return True
@@ -306,7 +291,7 @@ class _Options:
         fresh: _Freshness,
     ) -> None:
         if ttl is not None and not callable(ttl):
-            ttl = _check_seconds("ttl", ttl)
+            ttl = seconds("ttl", ttl)
         if fresh.needs_ttl() and ttl is None:
             raise TypeError(
                 f"{fresh.needs_ttl()} measure time past a result's ttl: pass ttl= too "
@@ -399,7 +384,7 @@ class _Freshness:
         cache_if: object,
     ) -> None:
         self.stale = _check_window("stale", stale)
-        self.early = _check_window("early", early)
+        self.early = _check_window("early", early, unit="")  # XFetch's beta, a factor
         self.stale_if_error = _check_window("stale_if_error", stale_if_error)
         self.error_ttl = _check_window("error_ttl", error_ttl)
         if cache_if is not None and not callable(cache_if):
@@ -418,18 +403,11 @@ class _Freshness:
         return ", ".join(f"{name}=" for name in given)
 
 
-def _check_window(name: str, value: object) -> float:
-    """A freshness option: ``None`` or 0 (off), or a finite number of seconds > 0."""
+def _check_window(name: str, value: object, unit: str = "seconds") -> float:
+    """A freshness option: ``None`` or 0 (off), or a number > 0 (of ``unit``)."""
     if value is None:
         return 0.0
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(
-            f"{name} must be a number of seconds (int or float) or None, "
-            f"not {type(value).__name__} ({value!r})"
-        )
-    if math.isnan(value) or math.isinf(value) or value < 0:
-        raise ValueError(f"{name} must be a finite number >= 0 (0 or None: off), not {value!r}")
-    return float(value)
+    return seconds(name, value, zero_is_off=True, none_is_off=True, unit=unit)
 
 
 class _Decorator:

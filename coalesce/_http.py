@@ -16,6 +16,8 @@ from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any, Final, Generic, NoReturn, TypeVar
 
+from ._seconds import seconds
+
 __all__ = (
     "ALWAYS_KEYED",
     "CREDENTIALS",
@@ -186,18 +188,8 @@ def _check_max_body(owner: str, value: object) -> int:
 def _check_ttl(owner: str, value: object) -> float | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(
-            f"ttl of {owner}() must be a number of seconds (int or float) or None, "
-            f"not {type(value).__name__} ({value!r})"
-        )
-    seconds = float(value)
-    if math.isnan(seconds) or math.isinf(seconds) or seconds <= 0:
-        raise ValueError(
-            f"ttl of {owner}() must be a finite number of seconds greater than 0, "
-            f"not {value!r}; leave it out (None) to keep no responses"
-        )
-    return seconds
+    hint = "; leave it out (None) to keep no responses"
+    return seconds("ttl", value, owner=owner, none_is_off=True, hint=hint)
 
 
 def _check_maxsize(owner: str, value: object) -> int:

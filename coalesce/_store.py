@@ -29,6 +29,7 @@ from types import TracebackType
 from typing import Any, Final
 
 from ._fork import at_fork
+from ._seconds import returned
 
 __all__ = (
     "BORN",
@@ -214,18 +215,7 @@ class TTLStore:
         ttl = self.ttl
         if not callable(ttl):
             return ttl
-        seconds = ttl(value)
-        if isinstance(seconds, bool) or not isinstance(seconds, int | float):
-            raise TypeError(
-                f"the ttl callable of {self.name}() returned {seconds!r}; "
-                "return a number of seconds (0 or less: do not keep this result)"
-            )
-        if math.isnan(seconds) or math.isinf(seconds):
-            raise ValueError(
-                f"the ttl callable of {self.name}() returned {seconds!r}; "
-                "return a finite number of seconds"
-            )
-        return float(seconds)
+        return returned(f"the ttl callable of {self.name}()", ttl(value))
 
     def save(self, key: Hashable, value: Any, started: float = 0.0, flight: Any = None) -> None:
         """Keep ``value`` for its ttl; ``started`` is when computing it began (or 0).

@@ -60,6 +60,7 @@ import redis.asyncio
 from redis.exceptions import RedisError
 
 from coalesce._errors import RemoteError
+from coalesce._seconds import seconds
 
 __all__ = ("RedisBackend", "Serializer")
 
@@ -400,16 +401,6 @@ class _Ran:
 # --------------------------------------------------------------------------- the backend
 
 
-def _positive(name: str, value: object, *, allow_zero: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
-    seconds = float(value)
-    if not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{name} must be a finite number of seconds {bound}, not {value!r}")
-    return seconds
-
-
 _PREFIX: Final = re.compile(r"[A-Za-z0-9_.:/@{}\-]+")
 _URL_SCHEMES: Final = ("redis://", "rediss://", "unix://")
 _REDIS_PY_SOCKET_TIMEOUT: Final = 5.0
@@ -541,11 +532,11 @@ class RedisBackend:
                 )
         self.signing_key = signing_key
 
-        self.lease_ttl = _positive("lease_ttl", lease_ttl)
-        if self.lease_ttl < 0.1:
-            raise ValueError(f"lease_ttl must be at least 0.1 seconds, not {lease_ttl!r}")
-        self.wait_timeout = _positive("wait_timeout", wait_timeout)
-        self.local_ttl = None if local_ttl is None else _positive("local_ttl", local_ttl)
+        self.lease_ttl = seconds("lease_ttl", lease_ttl, least=0.1)
+        self.wait_timeout = seconds("wait_timeout", wait_timeout)
+        self.local_ttl = (
+            None if local_ttl is None else seconds("local_ttl", local_ttl, none_is_off=True)
+        )
         if on_backend_error not in ("local", "raise"):
             raise ValueError(
                 f"on_backend_error must be 'local' (run the call in this process) or "
@@ -553,7 +544,7 @@ class RedisBackend:
             )
         self.on_backend_error = on_backend_error
         self._raise = on_backend_error == "raise"
-        self.outage_cooldown = _positive("outage_cooldown", outage_cooldown, allow_zero=True)
+        self.outage_cooldown = seconds("outage_cooldown", outage_cooldown, zero_is_off=True)
 
         self._lock = threading.Lock()
         self._down = False
@@ -614,9 +605,8 @@ class RedisBackend:
                 f"name must be a non-empty str without whitespace (it is part of the "
                 f"Redis key {self.prefix}:<name>:<digest>), not {name!r}"
             )
-        seconds = _positive("ttl", ttl)
         binding = _AsyncBinding if is_async else _SyncBinding
-        return binding(self, name, seconds)
+        return binding(self, name, seconds("ttl", ttl))
 
     # -- outages (R6)
 
