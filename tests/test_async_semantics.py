@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import gc
-import os
 import threading
 import weakref
 from collections.abc import Callable
@@ -13,10 +12,9 @@ from typing import Any
 
 import cachetools
 import pytest
-from _core_support import WAIT, Caller, aeventually, in_forked_child, wait
+from _core_support import WAIT, Caller, aeventually, wait
 
 from coalesce import AsyncGroup, ReentrantCallError, singleflight
-from coalesce._store import TTLStore
 
 N = 8
 
@@ -186,36 +184,6 @@ def test_s2_error_before_or_after_first_await(where: str) -> None:
 # --------------------------------------------------------------------------- S3
 
 
-def test_s3_no_gap_across_loops(monkeypatch: pytest.MonkeyPatch) -> None:
-    """S3: a caller arriving after the result is stored but before the flight ends runs nothing."""
-    stored = threading.Event()
-    leave = threading.Event()
-    original = TTLStore.save
-
-    def save(self: TTLStore, key: Any, value: Any, *rest: Any) -> None:
-        original(self, key, value, *rest)
-        stored.set()
-        wait(leave, "the late caller")  # the flight stays open, its result stored
-
-    monkeypatch.setattr(TTLStore, "save", save)
-    runs: list[int] = []
-
-    @singleflight(ttl=60)
-    async def load(x: int) -> _Box:
-        runs.append(x)
-        await asyncio.sleep(0)
-        return _Box(x)
-
-    leader = Caller(load, 1)
-    leader.start()
-    wait(stored)
-    assert load.cache_info().in_flight == 1
-    late = asyncio.run(load(1))
-    leave.set()
-    assert leader.result() is late
-    assert runs == [1]
-
-
 def test_s3_same_loop_caller_after_store_is_a_hit() -> None:
     """S3: within one loop, callers queued behind the flight get the value and never re-run."""
     runs: list[int] = []
@@ -269,28 +237,6 @@ def test_s6_hit_never_waits_on_another_keys_flight(options: Callable[[], dict[st
         assert await _bounded(slow) == "SLOW"
 
     asyncio.run(main())
-
-
-def test_s6_hit_from_another_loop_while_a_flight_is_open() -> None:
-    """S6: a hit from another thread's loop returns while a flight in the first loop is blocked."""
-    entered = threading.Event()
-    release = threading.Event()
-
-    @singleflight(ttl=60)
-    async def load(x: str) -> str:
-        if x == "slow":
-            entered.set()
-            await asyncio.to_thread(wait, release)
-        return x
-
-    assert asyncio.run(load("cached")) == "cached"
-    slow = Caller(load, "slow")
-    slow.start()
-    wait(entered)
-    assert asyncio.run(load("cached")) == "cached"
-    assert slow.is_alive()
-    release.set()
-    assert slow.result() == "slow"
 
 
 # --------------------------------------------------------------------------- S7
@@ -981,42 +927,3 @@ def test_s16_forgotten_flight_in_a_finished_loop_leaves_nothing() -> None:
         assert asyncio.run(main()) == 1
     assert load.cache_info().in_flight == 0
     assert load.forget(1) is False
-
-
-# --------------------------------------------------------------------------- S14
-
-
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX only")
-@pytest.mark.filterwarnings("ignore:.*multi-threaded.*fork.*:DeprecationWarning")
-@pytest.mark.parametrize("options", ALL_OPTIONS.values(), ids=ALL_OPTIONS.keys())
-def test_s14_fork_child_inherits_no_flight(options: Callable[[], dict[str, Any]]) -> None:
-    """S14: a forked child runs an async key itself although the parent's loop had it in flight."""
-    parent = os.getpid()
-    entered = threading.Event()
-    release = threading.Event()
-
-    @singleflight(**options())
-    async def load(x: int) -> str:
-        if os.getpid() == parent:
-            entered.set()
-            await asyncio.to_thread(wait, release)
-            return "parent"
-        await asyncio.sleep(0)
-        return "child"
-
-    leader = Caller(load, 1)
-    leader.start()
-    wait(entered)
-    try:
-
-        def child() -> tuple[str, int]:
-            async def main() -> tuple[str, int]:
-                value = await asyncio.wait_for(load(1), WAIT)
-                return value, load.cache_info().in_flight
-
-            return asyncio.run(main())
-
-        assert in_forked_child(child) == ("child", 0)
-    finally:
-        release.set()
-    assert leader.result() == "parent"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gc
-import os
 import threading
 import weakref
 from collections.abc import Callable
@@ -11,10 +10,9 @@ from typing import Any
 
 import cachetools
 import pytest
-from _core_support import Caller, eventually, in_forked_child, start_callers, wait
+from _core_support import Caller, eventually, start_callers, wait
 
 from coalesce import ReentrantCallError, singleflight
-from coalesce._store import TTLStore
 
 N = 8
 
@@ -186,35 +184,6 @@ def test_s2_errors_are_not_cached(options: Callable[[], dict[str, Any]]) -> None
 # --------------------------------------------------------------------------- S3
 
 
-def test_s3_no_gap_with_ttl(monkeypatch: pytest.MonkeyPatch) -> None:
-    """S3: a caller arriving after the result is stored but before the flight ends runs nothing."""
-    stored = threading.Event()
-    leave = threading.Event()
-    original = TTLStore.save
-
-    def save(self: TTLStore, key: Any, value: Any, *rest: Any) -> None:
-        original(self, key, value, *rest)
-        stored.set()
-        wait(leave, "the late caller")  # hold the flight open, result already stored
-
-    monkeypatch.setattr(TTLStore, "save", save)
-    runs: list[int] = []
-
-    @singleflight(ttl=60)
-    def load(x: int) -> _Box:
-        runs.append(x)
-        return _Box(x)
-
-    leader = Caller(load, 1)
-    leader.start()
-    wait(stored)
-    assert load.cache_info().in_flight == 1  # the flight has not left yet
-    late = load(1)
-    leave.set()
-    assert leader.result() is late
-    assert runs == [1]
-
-
 @pytest.mark.parametrize("factory", [dict, lambda: cachetools.LRUCache(100)], ids=["dict", "lru"])
 def test_s3_no_gap_with_cache_mapping(factory: Callable[[], Any]) -> None:
     """S3: with cache=, a caller arriving while the result is being stored runs nothing."""
@@ -249,32 +218,6 @@ def test_s3_no_gap_with_cache_mapping(factory: Callable[[], Any]) -> None:
 
 
 # --------------------------------------------------------------------------- S6
-
-
-@pytest.mark.parametrize("options", CACHES.values(), ids=CACHES.keys())
-def test_s6_hit_never_waits_on_another_keys_flight(options: Callable[[], dict[str, Any]]) -> None:
-    """S6: a hit on a cached key returns while a flight for another key is still blocked."""
-    release = threading.Event()
-    entered = threading.Event()
-
-    @singleflight(**options())
-    def load(x: str) -> str:
-        if x == "slow":
-            entered.set()
-            wait(release)
-        return x.upper()
-
-    assert load("cached") == "CACHED"
-    slow = Caller(load, "slow")
-    slow.start()
-    wait(entered)
-    hit = Caller(load, "cached")
-    hit.start()
-    assert hit.result() == "CACHED"
-    assert slow.is_alive()
-    assert load.cache_info().in_flight == 1
-    release.set()
-    assert slow.result() == "SLOW"
 
 
 def test_s6_miss_on_other_key_does_not_wait() -> None:
@@ -822,38 +765,3 @@ def test_s17_shared_guard_is_held_around_every_mapping_touch() -> None:
     for caller in callers:
         caller.result()
     assert overlaps == []
-
-
-# --------------------------------------------------------------------------- S14
-
-
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX only")
-@pytest.mark.filterwarnings("ignore:.*multi-threaded.*fork.*:DeprecationWarning")
-@pytest.mark.parametrize("options", ALL_OPTIONS.values(), ids=ALL_OPTIONS.keys())
-def test_s14_fork_child_inherits_no_flight(options: Callable[[], dict[str, Any]]) -> None:
-    """S14: a forked child runs a key itself although the parent had it in flight."""
-    parent = os.getpid()
-    entered = threading.Event()
-    release = threading.Event()
-
-    @singleflight(**options())
-    def load(x: int) -> str:
-        if os.getpid() == parent:
-            entered.set()
-            wait(release)
-            return "parent"
-        return "child"
-
-    leader = Caller(load, 1)
-    leader.start()
-    wait(entered)
-    try:
-
-        def child() -> tuple[str, str, int]:
-            value = load(1)
-            return value, load(2), load.cache_info().in_flight
-
-        assert in_forked_child(child) == ("child", "child", 0)
-    finally:
-        release.set()
-    assert leader.result() == "parent"
