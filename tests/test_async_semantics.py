@@ -280,6 +280,7 @@ def test_s7_timing_out_the_first_caller_leaves_the_others(how: str) -> None:
 
     async def main() -> None:
         release = asyncio.Event()
+        calling = asyncio.Event()
         gave_up = asyncio.Event()
 
         @singleflight(ttl=60)
@@ -289,6 +290,7 @@ def test_s7_timing_out_the_first_caller_leaves_the_others(how: str) -> None:
             return _Box(x)
 
         async def give_up() -> None:
+            calling.set()
             if how == "timeout":
                 async with asyncio.timeout(0):
                     await load(1)
@@ -301,7 +303,11 @@ def test_s7_timing_out_the_first_caller_leaves_the_others(how: str) -> None:
             gave_up.set()
 
         first = asyncio.create_task(impatient())
-        await asyncio.sleep(0)
+        # It calls first; the others are made before its timeout can fire (asyncio
+        # runs ready callbacks first in, first out), so they join before it gives up.
+        # (asyncio.timeout, not wait_for: on 3.11 wait_for wakes a loop round later.)
+        async with asyncio.timeout(WAIT):
+            await calling.wait()
         others = [asyncio.create_task(load(1)) for _ in range(3)]
         await _bounded(gave_up.wait())
         await aeventually(lambda: load.cache_info().coalesced >= 3, "callers to join")
@@ -342,8 +348,7 @@ def test_s7_all_callers_gone_cancels_the_execution(options: Callable[[], dict[st
         results = await asyncio.gather(*tasks, return_exceptions=True)
         assert all(isinstance(r, asyncio.CancelledError) for r in results)
         await _bounded(ended.wait())
-        await asyncio.sleep(0)
-        assert load.cache_info().in_flight == 0
+        await aeventually(lambda: load.cache_info().in_flight == 0, "the execution to end")
         assert load.forget(1) is False  # nothing in flight for the key
         assert load.cache_info().currsize == 0
 
@@ -369,8 +374,7 @@ def test_s7_all_callers_gone_group_is_empty() -> None:
             return 1
 
         tasks = [asyncio.create_task(group.do("k", work)) for _ in range(2)]
-        await _bounded(started.wait())
-        await asyncio.sleep(0)
+        await _bounded(started.wait())  # both tasks have run (first in, first out)
         assert "k" in group
         assert len(group) == 1
         for task in tasks:
@@ -602,7 +606,7 @@ def test_s7_caller_cancelled_the_execution_error_does_not_warn() -> None:
         one = asyncio.create_task(load(1))
         two = asyncio.create_task(load(1))
         await _bounded(started.wait())
-        await asyncio.sleep(0)
+        await aeventually(lambda: load.cache_info().coalesced == 1, "the second caller")
         one.cancel()
         proceed.set()
         with pytest.raises(ValueError):
@@ -912,16 +916,23 @@ def test_s16_no_references_left_after_cancellation() -> None:
 def test_s16_forgotten_flight_in_a_finished_loop_leaves_nothing() -> None:
     """S16: forgetting a flight and finishing leaves no flight in any (closed) event loop."""
 
+    events: list[tuple[asyncio.Event, asyncio.Event]] = []
+
     @singleflight
     async def load(x: int) -> int:
-        await asyncio.sleep(0)
+        started, release = events[-1]
+        started.set()
+        await release.wait()
         return x
 
     async def main() -> int:
+        started, release = asyncio.Event(), asyncio.Event()
+        events.append((started, release))  # new ones per loop: an Event belongs to its loop
         task = asyncio.create_task(load(1))
-        await asyncio.sleep(0)
+        await _bounded(started.wait())
         assert load.forget(1) is True
-        return int(await task)
+        release.set()
+        return int(await _bounded(task))
 
     for _ in range(3):
         assert asyncio.run(main()) == 1
