@@ -34,32 +34,34 @@ steps out. See ``docs/redis.md`` for the semantics and failure modes.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import datetime
-import decimal
-import enum
-import fractions
-import hashlib
-import hmac
-import json
 import logging
 import math
-import pathlib
-import pickle
 import re
 import reprlib
 import secrets
 import threading
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Generator, Hashable
-from typing import Any, Final, Literal, Protocol, TypeVar, cast, final, runtime_checkable
+from typing import Any, Final, Literal, TypeVar, cast, final
 
 import redis
 import redis.asyncio
 from redis.exceptions import RedisError
 
-from coalesce._errors import RemoteError
+from coalesce._payload import (
+    DIGEST_LEN,
+    ERROR,
+    LOCAL,
+    RETRY,
+    VALUE,
+    Codec,
+    Serializer,
+    check_signing_key,
+    error_body,
+    key_digest,
+    remote_error,
+    serializer_for,
+)
 from coalesce._seconds import seconds
 
 __all__ = ("RedisBackend", "Serializer")
@@ -71,213 +73,11 @@ _log: Final = logging.getLogger("coalesce.redis")
 OnBackendError = Literal["local", "raise"]
 
 
-# --------------------------------------------------------------------------- serialisers
-
-
-@runtime_checkable
-class Serializer(Protocol):
-    """What ``serializer=`` accepts besides ``"pickle"`` and ``"json"``."""
-
-    def dumps(self, value: Any, /) -> bytes: ...
-
-    def loads(self, data: bytes, /) -> Any: ...
-
-
-@final
-class _Pickle:
-    __slots__ = ()
-
-    def dumps(self, value: Any, /) -> bytes:
-        return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-
-    def loads(self, data: bytes, /) -> Any:
-        # Unsigned pickle runs whatever the payload says: docs/redis.md says so; sign it (R7).
-        return pickle.loads(data)
-
-    def __repr__(self) -> str:
-        return "'pickle'"
-
-
-@final
-class _Json:
-    __slots__ = ()
-
-    def dumps(self, value: Any, /) -> bytes:
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-
-    def loads(self, data: bytes, /) -> Any:
-        return json.loads(data)
-
-    def __repr__(self) -> str:
-        return "'json'"
-
-
-_SERIALIZERS: Final[dict[str, Serializer]] = {"pickle": _Pickle(), "json": _Json()}
-
-
-# ------------------------------------------------------------------------------ the keys
-
-_KEY_VERSION: Final = b"coalesce-key-1\x00"
-_ADDRESS: Final = re.compile(r" at 0x[0-9a-fA-F]+")
-_OBJECT_REPR: Final[object] = object.__repr__
-
-
-class _Unencodable(Exception):
-    def __init__(self, part: object) -> None:
-        super().__init__(part)
-        self.part = part
-
-
-def _type_name(cls: type) -> bytes:
-    return f"{cls.__module__}.{cls.__qualname__}".encode()
-
-
-def _int(out: bytearray, value: int) -> None:
-    out += b"i%d;" % value
-
-
-def _encode(obj: object, out: bytearray) -> None:
-    """Append a canonical, type-tagged encoding of ``obj`` to ``out``.
-
-    Values that are equal in Python, and so share an in-process key, encode alike
-    where that is cheap to honour: ``True``, ``1`` and ``1.0`` all encode as the
-    integer 1, as ``functools.lru_cache`` (untyped) treats them as one key.
-    """
-    cls = type(obj)
-    if obj is None:
-        out += b"N"
-    elif cls is str:
-        data = cast(str, obj).encode("utf-8", "surrogatepass")
-        out += b"s%d:" % len(data)
-        out += data
-    elif cls is int or cls is bool:
-        _int(out, cast(int, obj))
-    elif cls is tuple:
-        items = cast(tuple[object, ...], obj)
-        out += b"(%d:" % len(items)
-        for item in items:
-            _encode(item, out)
-        out += b")"
-    elif cls is float:
-        _float(out, cast(float, obj))
-    elif cls is bytes:
-        data = cast(bytes, obj)
-        out += b"b%d:" % len(data)
-        out += data
-    elif cls is frozenset:
-        _set(out, cast(frozenset[object], obj))
-    else:
-        _encode_other(obj, cls, out)
-
-
-def _float(out: bytearray, value: float) -> None:
-    if value.is_integer():
-        _int(out, int(value))
-    else:
-        out += b"f%s;" % value.hex().encode()
-
-
-def _set(out: bytearray, items: frozenset[object]) -> None:
-    parts: list[bytes] = []
-    for item in items:
-        buffer = bytearray()
-        _encode(item, buffer)
-        parts.append(bytes(buffer))
-    parts.sort()
-    out += b"{%d:" % len(parts)
-    for part in parts:
-        out += part
-    out += b"}"
-
-
-def _encode_other(obj: object, cls: type, out: bytearray) -> None:
-    """The less common key parts: subclasses, enums, types and a few value types."""
-    if isinstance(obj, enum.Enum) and not isinstance(obj, int | str):
-        out += b"e%s:" % _type_name(cls)
-        _encode(obj.name, out)
-    elif isinstance(obj, bool | int):
-        _int(out, int(obj))  # IntEnum, IntFlag and int subclasses equal their value
-    elif isinstance(obj, str):
-        _encode(str.__str__(obj), out)
-    elif isinstance(obj, float):
-        _float(out, float(obj))
-    elif isinstance(obj, bytes | bytearray):
-        _encode(bytes(obj), out)
-    elif isinstance(obj, tuple):
-        _encode(tuple(obj), out)  # a NamedTuple equals the plain tuple of its fields
-    elif isinstance(obj, frozenset | set):
-        _set(out, frozenset(obj))
-    elif isinstance(obj, type):
-        out += b"t%s;" % _type_name(obj)
-    elif isinstance(obj, complex):
-        if obj.imag == 0:
-            _float(out, obj.real)
-        else:
-            out += b"c%s,%s;" % (obj.real.hex().encode(), obj.imag.hex().encode())
-    elif isinstance(obj, decimal.Decimal | fractions.Fraction):
-        if (isinstance(obj, fractions.Fraction) or obj.is_finite()) and obj == int(obj):
-            _int(out, int(obj))
-            return
-        out += b"d%s;" % str(obj.normalize() if isinstance(obj, decimal.Decimal) else obj).encode()
-    elif isinstance(obj, datetime.datetime):
-        if obj.tzinfo is not None and obj.utcoffset() is not None:
-            obj = obj.astimezone(datetime.UTC)
-        out += b"T%s;" % obj.isoformat().encode()
-    elif isinstance(obj, datetime.date | datetime.time | datetime.timedelta):
-        out += b"D%s:%s;" % (_type_name(cls), str(obj).encode())
-    elif isinstance(obj, uuid.UUID):
-        out += b"u%s;" % obj.hex.encode()
-    elif isinstance(obj, pathlib.PurePath):
-        out += b"p%s:" % _type_name(cls)
-        _encode(str(obj), out)
-    elif dataclasses.is_dataclass(obj):
-        fields = dataclasses.fields(obj)
-        out += b"r%s:%d:" % (_type_name(cls), len(fields))
-        for field in fields:
-            _encode(field.name, out)
-            _encode(getattr(obj, field.name), out)
-    else:
-        text = repr(obj)
-        if getattr(cls, "__repr__", None) is _OBJECT_REPR or _ADDRESS.search(text):
-            raise _Unencodable(obj)
-        out += b"R%s:" % _type_name(cls)
-        _encode(text, out)
-
-
-def _digest(key: object) -> str:
-    """A stable digest of a normalised key: the same in every process (R2)."""
-    out = bytearray(_KEY_VERSION)
-    _encode(key, out)
-    return hashlib.sha256(out).hexdigest()
-
-
-_DIGEST_LEN: Final = 64
-
-
-# -------------------------------------------------------------------------- the payloads
-
-_MAGIC: Final = b"\xc5\x01"  # marker and format version
-_VALUE: Final = b"v"  # the value, serialised (also what the value key holds)
-_ERROR: Final = b"e"  # the leader raised: JSON {"type": ..., "message": ...}
-_RETRY: Final = b"r"  # the leader aborted: followers go round again, one of them leads
-_LOCAL: Final = b"l"  # the value could not be serialised: followers run it themselves
-_KINDS: Final = frozenset((_VALUE, _ERROR, _RETRY, _LOCAL))
-_UNSIGNED: Final = b"\x00"
-_SIGNED: Final = b"\x01"
-_MAC_LEN: Final = 32
-_HEADER: Final = len(_MAGIC) + 2
 # How long a flight's outcome list outlives the flight. Followers already waiting are
 # served the moment it is pushed; this only covers one that read the leader's token
 # just before the push and has yet to send its pop. One that comes later still finds
 # the value: its pop times out with the lease it saw, and it looks again.
 _DONE_MS: Final = 2000
-
-
-def _error_type_name(exc: BaseException) -> str:
-    cls = type(exc)
-    if cls.__module__ == "builtins":
-        return cls.__qualname__
-    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 # ------------------------------------------------------------------------------- scripts
@@ -436,6 +236,7 @@ class RedisBackend:
     """
 
     __slots__ = (
+        "_codec",
         "_down",
         "_lock",
         "_max_block",
@@ -502,35 +303,9 @@ class RedisBackend:
             )
         self.prefix = prefix
 
-        if isinstance(serializer, str):
-            if serializer not in _SERIALIZERS:
-                raise ValueError(
-                    f"serializer must be 'pickle', 'json' or an object with dumps() and "
-                    f"loads(), not {serializer!r}"
-                )
-            self.serializer: Serializer = _SERIALIZERS[serializer]
-        elif callable(getattr(serializer, "dumps", None)) and callable(
-            getattr(serializer, "loads", None)
-        ):
-            self.serializer = serializer
-        else:
-            raise TypeError(
-                f"serializer must be 'pickle', 'json' or an object with dumps(value) -> bytes "
-                f"and loads(bytes), not {type(serializer).__name__}"
-            )
-
-        if signing_key is not None:
-            if not isinstance(signing_key, bytes):
-                raise TypeError(
-                    f"signing_key must be bytes (e.g. secrets.token_bytes(32), or "
-                    f"key.encode()), not {type(signing_key).__name__}"
-                )
-            if len(signing_key) < 16:
-                raise ValueError(
-                    f"signing_key is {len(signing_key)} bytes; use at least 16 random bytes "
-                    "(secrets.token_bytes(32))"
-                )
-        self.signing_key = signing_key
+        self.serializer = serializer_for(serializer)
+        self.signing_key = check_signing_key(signing_key)
+        self._codec = Codec(self.serializer, self.signing_key, _log)
 
         self.lease_ttl = seconds("lease_ttl", lease_ttl, least=0.1)
         self.wait_timeout = seconds("wait_timeout", wait_timeout)
@@ -649,10 +424,11 @@ class RedisBackend:
 class _Binding:
     """One decorated function's view of the backend: key names, payloads, the protocol."""
 
-    __slots__ = ("backend", "name", "ttl", "ttl_ms")
+    __slots__ = ("backend", "codec", "name", "ttl", "ttl_ms")
 
     def __init__(self, backend: RedisBackend, name: str, ttl: float) -> None:
         self.backend = backend
+        self.codec = backend._codec
         self.name = name
         self.ttl = ttl
         self.ttl_ms = max(1, math.ceil(ttl * 1000))
@@ -664,26 +440,12 @@ class _Binding:
 
     def redis_key(self, key: Hashable) -> str:
         """The Redis key that holds the value for ``key``: ``prefix:name:digest``."""
-        try:
-            digest = _digest(key)
-        except _Unencodable as exc:
-            part = exc.part
-            raise TypeError(
-                f"{self.name}(): the key part {reprlib.repr(part)} (a {type(part).__qualname__}) "
-                "has no stable encoding for Redis: its repr is the default one, different in "
-                "every process; pass key=... to @singleflight to choose what identifies a "
-                "call (e.g. an id), or give the type a __repr__ that shows its value"
-            ) from None
-        except RecursionError:
-            raise TypeError(
-                f"{self.name}(): the key is nested too deeply to encode for Redis; "
-                "pass key=... to @singleflight to choose what identifies a call"
-            ) from None
+        digest = key_digest(key, name=self.name, store="Redis")
         return f"{self.backend.prefix}:{self.name}:{digest}"
 
     def _pattern(self) -> str:
         escaped = re.sub(r"([*?\[\]\\])", r"\\\1", f"{self.backend.prefix}:{self.name}:")
-        return escaped + "?" * _DIGEST_LEN
+        return escaped + "?" * DIGEST_LEN
 
     def _is_value_key(self, key: bytes | str) -> bool:
         text = key.decode("utf-8", "replace") if isinstance(key, bytes) else key
@@ -691,58 +453,14 @@ class _Binding:
         tail = text[len(head) :]
         return (
             text.startswith(head)
-            and len(tail) == _DIGEST_LEN
+            and len(tail) == DIGEST_LEN
             and all(c in "0123456789abcdef" for c in tail)
         )
 
     # -- payloads (R7)
 
     def _seal(self, vkey: str, kind: bytes, body: bytes) -> bytes:
-        signing_key = self.backend.signing_key
-        if signing_key is None:
-            return b"".join((_MAGIC, kind, _UNSIGNED, body))
-        mac = hmac.new(signing_key, b"".join((vkey.encode(), b"\x00", kind, body)), "sha256")
-        return b"".join((_MAGIC, kind, _SIGNED, mac.digest(), body))
-
-    def _open(self, vkey: str, payload: bytes) -> tuple[bytes, bytes] | None:
-        """``(kind, body)`` of a payload, or ``None`` (logged) if it must not be used.
-
-        With a signing key, a payload whose MAC does not verify is refused before any
-        byte of its body reaches a deserialiser.
-        """
-        kind = payload[2:3]
-        if payload[:2] != _MAGIC or kind not in _KINDS or len(payload) < _HEADER:
-            _log.warning("coalesce: %s holds a payload of an unknown format; ignoring it", vkey)
-            return None
-        flag = payload[3:4]
-        body_at = _HEADER + (_MAC_LEN if flag == _SIGNED else 0)
-        body = payload[body_at:]
-        signing_key = self.backend.signing_key
-        if signing_key is not None:
-            mac = hmac.new(signing_key, b"".join((vkey.encode(), b"\x00", kind, body)), "sha256")
-            if flag != _SIGNED or not hmac.compare_digest(payload[_HEADER:body_at], mac.digest()):
-                _log.warning(
-                    "coalesce: a payload for %s failed HMAC verification; it was not "
-                    "deserialised and counts as a miss (tampering, or another signing_key)",
-                    vkey,
-                )
-                return None
-        elif flag not in (_SIGNED, _UNSIGNED):
-            _log.warning("coalesce: %s holds a payload of an unknown format; ignoring it", vkey)
-            return None
-        return kind, body
-
-    def _load(self, vkey: str, body: bytes) -> tuple[bool, Any]:
-        try:
-            return True, self.backend.serializer.loads(body)
-        except Exception as exc:
-            _log.warning(
-                "coalesce: the value in %s could not be deserialised (%s: %s); it counts as a miss",
-                vkey,
-                type(exc).__name__,
-                exc,
-            )
-            return False, None
+        return self.codec.seal(vkey, kind, body)
 
     # -- the protocol, I/O-free: it yields steps and the drivers carry them out
 
@@ -766,9 +484,9 @@ class _Binding:
             skip_value = False
             state = int(reply[0])
             if state == 1:  # a hit
-                opened = self._open(vkey, bytes(reply[1]))
-                if opened is not None and opened[0] == _VALUE:
-                    found, value = self._load(vkey, opened[1])
+                opened = self.codec.open(vkey, bytes(reply[1]))
+                if opened is not None and opened[0] == VALUE:
+                    found, value = self.codec.load(vkey, opened[1])
                     if found:
                         return value
                 skip_value = True  # a miss: the next round takes the lease and replaces it
@@ -800,18 +518,18 @@ class _Binding:
                 return (yield from self._local(vkey, lkey, store=False))
             if item is None:
                 continue  # the lease ran out, or was renewed: look again
-            opened = self._open(vkey, bytes(item))
+            opened = self.codec.open(vkey, bytes(item))
             if opened is not None:
                 kind, body = opened
-                if kind == _VALUE:
-                    found, value = self._load(vkey, body)
+                if kind == VALUE:
+                    found, value = self.codec.load(vkey, body)
                     if found:
                         return value
-                elif kind == _ERROR:
-                    raise self._remote_error(body)
-                elif kind == _LOCAL:
+                elif kind == ERROR:
+                    raise remote_error(body)
+                elif kind == LOCAL:
                     return (yield from self._local(vkey, lkey, store=False))
-                elif kind == _RETRY:
+                elif kind == RETRY:
                     continue  # the leader aborted and freed its lease: look again
             # Not usable (forged, or unreadable): remove it, or every pop would return it
             # at once; then look again.
@@ -821,13 +539,6 @@ class _Binding:
                 backend._failed(exc, self.name)
                 return (yield from self._local(vkey, lkey, store=False))
 
-    def _remote_error(self, body: bytes) -> RemoteError:
-        try:
-            data = json.loads(body)
-            return RemoteError(str(data["type"]), str(data["message"]))
-        except (ValueError, KeyError, TypeError):
-            return RemoteError("Exception", "the leader in another process failed")
-
     def _lead(self, vkey: str, lkey: str, token: str) -> Generator[_Step, Any, Any]:
         backend = self.backend
         try:
@@ -836,23 +547,21 @@ class _Binding:
             # KeyboardInterrupt, SystemExit, cancellation: free the lease and tell the
             # followers to look again, so that one of them leads at once.
             try:
-                yield _Finish(vkey, lkey, token, self._seal(vkey, _RETRY, b""), store=False)
+                yield _Finish(vkey, lkey, token, self._seal(vkey, RETRY, b""), store=False)
             except RedisError as exc:
                 backend._failed(exc, self.name, may_raise=False)
             raise
         if ran.error is not None:
             error = ran.error
-            body = json.dumps(
-                {"type": _error_type_name(error), "message": str(error)}, ensure_ascii=False
-            ).encode("utf-8")
+            body = error_body(error)
             try:
-                yield _Finish(vkey, lkey, token, self._seal(vkey, _ERROR, body), store=False)
+                yield _Finish(vkey, lkey, token, self._seal(vkey, ERROR, body), store=False)
             except RedisError as exc:
                 backend._failed(exc, self.name, may_raise=False)
             raise error
         value = ran.value
         try:
-            payload = self._seal(vkey, _VALUE, backend.serializer.dumps(value))
+            payload = self._seal(vkey, VALUE, backend.serializer.dumps(value))
         except Exception as exc:
             _log.warning(
                 "coalesce: the result of %s could not be serialised with %r (%s: %s); it is "
@@ -864,7 +573,7 @@ class _Binding:
                 exc,
             )
             try:
-                yield _Finish(vkey, lkey, token, self._seal(vkey, _LOCAL, b""), store=False)
+                yield _Finish(vkey, lkey, token, self._seal(vkey, LOCAL, b""), store=False)
             except RedisError as redis_exc:
                 backend._failed(redis_exc, self.name, may_raise=False)
             return value
@@ -881,7 +590,7 @@ class _Binding:
             raise ran.error
         if store:
             try:
-                payload = self._seal(vkey, _VALUE, self.backend.serializer.dumps(ran.value))
+                payload = self._seal(vkey, VALUE, self.backend.serializer.dumps(ran.value))
             except Exception:
                 return ran.value  # nothing to share; the caller still gets its value
             try:
