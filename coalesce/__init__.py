@@ -7,6 +7,9 @@ cold or expired key still runs once, never once per caller.
 
 from __future__ import annotations
 
+from ._backend import AsyncBinding as AsyncBinding
+from ._backend import Backend as Backend
+from ._backend import Binding as Binding
 from ._decorator import AsyncSingleflightFunction as AsyncSingleflightFunction
 from ._decorator import BoundSingleflightFunction as BoundSingleflightFunction
 from ._decorator import CacheInfo as CacheInfo
@@ -20,8 +23,11 @@ from ._flight import Group as Group
 __version__ = "0.1.0"
 
 __all__ = (
+    "AsyncBinding",
     "AsyncGroup",
     "AsyncSingleflightFunction",
+    "Backend",
+    "Binding",
     "BoundSingleflightFunction",
     "CacheInfo",
     "Group",

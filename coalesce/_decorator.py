@@ -23,9 +23,11 @@ from typing import (
     Protocol,
     Self,
     TypeVar,
+    cast,
     overload,
 )
 
+from ._backend import AsyncBinding, Backend, Binding, bind_async, bind_sync, check_backend
 from ._compile import compile_wrapper, key_source
 from ._flight import AsyncGroup, Describe, Group, Stats
 from ._keys import KeyPlan, describe_unhashable, plan_key, qualname
@@ -211,7 +213,7 @@ def singleflight(
     stale_if_error: float | None = None,
     error_ttl: float | None = None,
     cache_if: Callable[[Any], object] | None = None,
-    backend: Any = None,
+    backend: Backend | None = None,
     name: str | None = None,
 ) -> _Decorator: ...
 def singleflight(
@@ -228,7 +230,7 @@ def singleflight(
     stale_if_error: float | None = None,
     error_ttl: float | None = None,
     cache_if: Callable[[Any], object] | None = None,
-    backend: Any = None,
+    backend: Backend | None = None,
     name: str | None = None,
 ) -> Any:
     """Share one execution of the decorated function among concurrent equal calls.
@@ -257,7 +259,8 @@ def singleflight(
         function again (negative caching).
     :param cache_if: ``(result) -> bool``: keep a result only when true (callers in
         flight still share it).
-    :param backend: a :class:`coalesce.redis.RedisBackend` to coordinate processes.
+    :param backend: a :class:`coalesce.Backend` to coordinate processes, such as
+        :class:`coalesce.redis.RedisBackend`.
     :param name: the function's name in the backend's keys (default: its qualified name).
     """
     options = _Options(
@@ -340,11 +343,7 @@ class _Options:
                 raise TypeError(
                     "backend= keeps results in the backend for ttl seconds: pass ttl= too"
                 )
-            if not callable(getattr(backend, "bind", None)):
-                raise TypeError(
-                    f"backend must be a coalesce backend such as "
-                    f"coalesce.redis.RedisBackend, not {type(backend).__name__}"
-                )
+            backend = check_backend(backend)
         elif name is not None:
             raise TypeError("name= names the function in a backend's keys: pass backend= too")
         self.fresh = fresh
@@ -353,7 +352,7 @@ class _Options:
         self.maxsize: int | None = maxsize
         self.cache: MutableMapping[Any, Any] | None = cache
         self.typed = typed
-        self.backend: Any = backend
+        self.backend: Backend | None = backend
         self.name: str | None = name
 
     def decorate(self, func: Any) -> Any:
@@ -440,17 +439,24 @@ def _build(func: Callable[..., Any], options: _Options) -> Any:
     group._describe = describe
 
     name = qualname(func)
-    bound: Any = None
+    bound: Binding | None = None
+    abound: AsyncBinding | None = None
     store: Store | None
     run: Callable[..., Any] = func
     keyed = False
     if options.backend is not None:
-        bound = options.backend.bind(
-            func, name=options.name or name, ttl=options.ttl, is_async=is_async
-        )
-        local_ttl = getattr(options.backend, "local_ttl", None)
+        backend = options.backend
+        ttl = cast(float, options.ttl)  # seconds: _Options refuses None and callables
+        if is_async:
+            abound = bind_async(backend, func, name=options.name or name, ttl=ttl)
+            run = _through_async_binding(func, abound)
+        else:
+            bound = bind_sync(backend, func, name=options.name or name, ttl=ttl)
+            run = _through_binding(func, bound)
+        local_ttl = backend.local_ttl
+        if local_ttl is not None:
+            local_ttl = seconds("local_ttl", local_ttl, none_is_off=True)
         store = TTLStore(local_ttl, options.maxsize, name=name) if local_ttl else None
-        run = _through_backend(func, bound, is_async)
         keyed = True
     elif options.cache is not None:
         store = MappingStore(options.cache, name=name, cache_if=options.fresh.cache_if)
@@ -472,21 +478,24 @@ def _build(func: Callable[..., Any], options: _Options) -> Any:
     source = key_source(func, options.key, options.typed)  # type: ignore[arg-type]
     wrapper = compile_wrapper(func, run, keyed, is_async, plan, source, group, store, describe)
     functools.update_wrapper(wrapper, func)
-    _attach(wrapper, plan, group, store, describe, bound, is_async)
+    _attach(wrapper, plan, group, store, describe, bound, abound, is_async)
     return wrapper
 
 
-def _through_backend(func: Callable[..., Any], bound: Any, is_async: bool) -> Callable[..., Any]:
+def _through_binding(func: Callable[..., Any], bound: Binding) -> Callable[..., Any]:
     """The execution when a backend coordinates processes: it goes through ``bound``."""
-    if is_async:
-
-        async def run_async(key: Hashable, *args: Any, **kwargs: Any) -> Any:
-            return await bound.acall(key, functools.partial(func, *args, **kwargs))
-
-        return run_async
 
     def run(key: Hashable, *args: Any, **kwargs: Any) -> Any:
         return bound.call(key, functools.partial(func, *args, **kwargs))
+
+    return run
+
+
+def _through_async_binding(func: Callable[..., Any], bound: AsyncBinding) -> Callable[..., Any]:
+    """:func:`_through_binding` for ``async def`` functions."""
+
+    async def run(key: Hashable, *args: Any, **kwargs: Any) -> Any:
+        return await bound.acall(key, functools.partial(func, *args, **kwargs))
 
     return run
 
@@ -497,7 +506,8 @@ def _attach(
     group: Group | AsyncGroup,
     store: Store | None,
     describe: Describe,
-    bound: Any,
+    bound: Binding | None,
+    abound: AsyncBinding | None,
     is_async: bool,
 ) -> None:
     """Give the wrapper its helpers: ``cache``, ``cache_key()``, ``cache_info()``, ..."""
@@ -550,7 +560,7 @@ def _attach(
         with an async client, ``await f.acache_clear()`` does that.
         """
         clear_here()
-        if bound is not None and not is_async:
+        if bound is not None:
             bound.clear()
 
     def invalidate(*args: Any, **kwargs: Any) -> bool:
@@ -563,7 +573,7 @@ def _attach(
         """
         key = checked_key(args, kwargs)
         dropped = invalidate_here(key)
-        if bound is not None and not is_async:
+        if bound is not None:
             dropped = bound.invalidate(key) or dropped
         return dropped
 
@@ -571,15 +581,15 @@ def _attach(
         """:meth:`invalidate` for ``async def`` functions: also drops the value in Redis."""
         key = checked_key(args, kwargs)
         dropped = invalidate_here(key)
-        if bound is not None:
-            dropped = await bound.ainvalidate(key) or dropped
+        if abound is not None:
+            dropped = await abound.ainvalidate(key) or dropped
         return dropped
 
     async def acache_clear() -> None:
         """:meth:`cache_clear` for ``async def`` functions: also clears Redis."""
         clear_here()
-        if bound is not None:
-            await bound.aclear()
+        if abound is not None:
+            await abound.aclear()
 
     def forget(*args: Any, **kwargs: Any) -> bool:
         """Later callers start a new execution instead of joining the one in flight.

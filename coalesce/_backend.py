@@ -1,0 +1,167 @@
+"""Backends: what ``@singleflight(backend=...)`` needs from a store shared by processes.
+
+This file is the whole contract; ``coalesce.redis.RedisBackend`` is one implementation
+of it, and a memcached backend, or a second Redis mode, is another. The shape::
+
+    backend.local_ttl                  # float | None, read once when decorating
+    backend.bind(func, name=..., ttl=..., is_async=...)  # once per decorated function
+        -> Binding        (is_async=False: for a def function)
+        -> AsyncBinding   (is_async=True: for an async def function)
+
+    binding.call(key, compute)         # the value for key, shared by the fleet
+    binding.invalidate(key) -> bool    # drop that value from the store
+    binding.clear()                    # drop every value of this function
+    # AsyncBinding: the same as coroutines, acall / ainvalidate / aclear
+
+Who does what. The decorator keeps the in-process work: it builds the key (S4) and
+passes it as the call made it, a hashable, normalised key (``f.cache_key(...)``); it
+coalesces first, so one call per key per process (per event loop, for ``async def``)
+reaches the binding at a time; with ``local_ttl`` it keeps a copy of each value in
+front of the backend (R8); it counts, and gives the function its helpers, whose
+``invalidate()`` and ``cache_clear()`` reach ``invalidate``/``clear`` (or their
+``a``-prefixed forms). The binding does the rest, for one function:
+
+- ``call(key, compute)``: return the value for ``key`` from the store, or from an
+  execution running in another process, or by calling ``compute()`` (which runs the
+  function once with the call's arguments) and storing what it returns for ``ttl``
+  seconds. An exception from ``compute()`` propagates unchanged (``BaseException``
+  too: release whatever the call held first); one learnt from another process is
+  raised as :class:`coalesce.RemoteError` (R9). When the store fails, run
+  ``compute()`` here rather than fail the call, unless asked to raise (R6).
+- ``bind()`` checks what it can when decorating (a sync client for an ``async def``,
+  a bad ``name``) and raises a ``TypeError`` or ``ValueError`` that says the fix.
+
+``coalesce._payload`` has the parts any backend shares, so that none copies them:
+the stable key digest (R2: ``prefix:name:digest``, never ``hash()``), the pickle and
+JSON serialisers (R7) and sealed payloads, HMAC-signed with ``signing_key`` and
+refused before deserialising when they fail (R7), errors carried across (R9).
+
+``singleflight()`` checks the object it is given with :func:`check_backend`, and each
+binding with :func:`bind_sync` or :func:`bind_async`: a missing method is a
+``TypeError`` at decoration time that names it. A capability added later (a batch of
+keys in one round trip, freshness across the fleet) gets a protocol of its own here,
+so a backend without it keeps working.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Any, Final, Protocol, TypeVar, cast, runtime_checkable
+
+__all__ = ("AsyncBinding", "Backend", "Binding", "bind_async", "bind_sync", "check_backend")
+
+R = TypeVar("R")
+
+
+@runtime_checkable
+class Binding(Protocol):
+    """A backend's view of one ``def`` function: what :meth:`Backend.bind` returns."""
+
+    def call(self, key: Hashable, compute: Callable[[], R], /) -> R:
+        """The value for ``key``: from the store, from another process, or ``compute()``."""
+        ...
+
+    def invalidate(self, key: Hashable, /) -> bool:
+        """Drop the value for ``key`` from the store; ``True`` if one was there."""
+        ...
+
+    def clear(self) -> None:
+        """Drop every value of this function from the store."""
+        ...
+
+
+@runtime_checkable
+class AsyncBinding(Protocol):
+    """A backend's view of one ``async def`` function: what :meth:`Backend.bind` returns."""
+
+    async def acall(self, key: Hashable, compute: Callable[[], Awaitable[R]], /) -> R:
+        """The value for ``key``: from the store, from another process, or ``await compute()``."""
+        ...
+
+    async def ainvalidate(self, key: Hashable, /) -> bool:
+        """Drop the value for ``key`` from the store; ``True`` if one was there."""
+        ...
+
+    async def aclear(self) -> None:
+        """Drop every value of this function from the store."""
+        ...
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What ``@singleflight(backend=...)`` accepts, such as ``coalesce.redis.RedisBackend``."""
+
+    @property
+    def local_ttl(self) -> float | None:
+        """Seconds a value is also kept in each process, in front of the backend (R8);
+        ``None``: not kept."""
+        ...
+
+    def bind(
+        self, func: Callable[..., Any], /, *, name: str, ttl: float, is_async: bool
+    ) -> Binding | AsyncBinding:
+        """Prepare for one decorated function; called once, when decorating.
+
+        :param func: the function being decorated.
+        :param name: its name in the store's keys: the decorator's ``name=``, else the
+            function's qualified name.
+        :param ttl: seconds a value is kept in the store.
+        :param is_async: ``True`` for an ``async def`` function: return an
+            :class:`AsyncBinding`; else a :class:`Binding`.
+        """
+        ...
+
+
+# What the checks below look for: the members of the protocols above (a test keeps
+# them equal).
+BACKEND_METHODS: Final = ("bind",)
+BACKEND_ATTRIBUTES: Final = ("local_ttl",)
+BINDING_METHODS: Final = ("call", "invalidate", "clear")
+ASYNC_BINDING_METHODS: Final = ("acall", "ainvalidate", "aclear")
+
+
+def check_backend(backend: object) -> Backend:
+    """``backend`` as a :class:`Backend`, or a ``TypeError`` that names what it lacks."""
+    if isinstance(backend, type):
+        raise TypeError(
+            f"backend must be a backend object, not the class {backend.__name__}: "
+            f"pass an instance, e.g. {backend.__name__}(...)"
+        )
+    missing = [
+        f"{name}()" for name in BACKEND_METHODS if not callable(getattr(backend, name, None))
+    ] + [name for name in BACKEND_ATTRIBUTES if not hasattr(backend, name)]
+    if missing:
+        raise TypeError(
+            f"backend must be a coalesce backend such as coalesce.redis.RedisBackend(client), "
+            f"not {type(backend).__name__}, which has no {' or '.join(missing)}; a backend "
+            "offers bind(func, *, name, ttl, is_async) and local_ttl (see coalesce.Backend)"
+        )
+    return cast(Backend, backend)
+
+
+def bind_sync(backend: Backend, func: Callable[..., Any], *, name: str, ttl: float) -> Binding:
+    """``backend.bind()`` for a ``def`` function, checked to be a :class:`Binding`."""
+    binding = backend.bind(func, name=name, ttl=ttl, is_async=False)
+    _check_binding(backend, binding, BINDING_METHODS, "is_async=False", "Binding")
+    return cast(Binding, binding)
+
+
+def bind_async(
+    backend: Backend, func: Callable[..., Any], *, name: str, ttl: float
+) -> AsyncBinding:
+    """``backend.bind()`` for an ``async def`` function, checked to be an :class:`AsyncBinding`."""
+    binding = backend.bind(func, name=name, ttl=ttl, is_async=True)
+    _check_binding(backend, binding, ASYNC_BINDING_METHODS, "is_async=True", "AsyncBinding")
+    return cast(AsyncBinding, binding)
+
+
+def _check_binding(
+    backend: Backend, binding: object, methods: tuple[str, ...], mode: str, protocol: str
+) -> None:
+    missing = [f"{name}()" for name in methods if not callable(getattr(binding, name, None))]
+    if missing:
+        raise TypeError(
+            f"{type(backend).__name__}.bind(..., {mode}) returned {type(binding).__name__}, "
+            f"which has no {' or '.join(missing)}: it must return a coalesce.{protocol} "
+            f"({', '.join(f'{name}()' for name in methods)})"
+        )
