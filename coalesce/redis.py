@@ -29,6 +29,9 @@ The protocol is written once, as a generator that yields what to do next
 (``_Acquire``, ``_Block``, ``_Discard``, ``_Run``, ``_Finish``, ``_Store``); the sync driver
 (``redis.Redis``) and the asyncio driver (``redis.asyncio.Redis``) only carry those
 steps out. See ``docs/redis.md`` for the semantics and failure modes.
+
+``RedisBackend`` implements the ``Backend`` protocol of ``_backend.py``; what is not
+Redis (serialisers, key digests, sealed payloads) comes from ``_payload.py``.
 """
 
 from __future__ import annotations
