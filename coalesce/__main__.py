@@ -158,20 +158,47 @@ def demo() -> None:
     )
 
 
+DESCRIPTION = f"""\
+coalesce: one execution per key for def and async def, with TTL caching.
+
+demo replays a cache stampede: {CALLERS} callers ask for the same slow result at the
+same moment, with threads and with asyncio, without and with @singleflight, and a
+table shows how many times the slow function really ran."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m coalesce", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
+    """Run the command line; return the exit status (bad input exits through SystemExit)."""
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="python -m coalesce",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"coalesce {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     demo_parser = commands.add_parser(
-        "demo", help="replay the cache stampede, without and with coalesce"
+        "demo",
+        help="replay the cache stampede, without and with coalesce",
+        description="Replay the cache stampede, without and with coalesce; runs in "
+        "seconds and needs no services.",
     )
     demo_parser.add_argument(
         "--redis",
         metavar="URL",
         help="also show several processes sharing one execution through this Redis "
-        "(e.g. redis://localhost:6379/0 or unix:///tmp/redis.sock)",
+        "(e.g. redis://localhost:6379/0 or unix:///tmp/redis.sock); it is checked "
+        "before the demo starts",
     )
     args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
     if args.command == "demo":
+        if args.redis:
+            from ._demo_redis import check_redis
+
+            check_redis(args.redis)  # a bad URL fails in one line, before the local demo
         demo()
         if args.redis:
             from ._demo_redis import run_redis_demo

@@ -16,7 +16,7 @@ import secrets
 import time
 from typing import Any
 
-__all__ = ("run_redis_demo",)
+__all__ = ("check_redis", "run_redis_demo")
 
 PROCESSES = 6
 WORK_SECONDS = 0.5
@@ -71,6 +71,34 @@ def _worker(
     )
 
 
+def check_redis(url: str) -> None:
+    """Return if the Redis at ``url`` answers; else exit with one line saying why not.
+
+    Checked before any demo runs, so a mistyped URL costs no wait: a wrong scheme, a
+    server that is not there, or redis-py not installed.
+    """
+    try:
+        import redis
+    except ImportError:
+        raise SystemExit(
+            'the Redis demo needs redis-py: python -m pip install "python-coalesce[redis]"'
+        ) from None
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=5)
+    except (TypeError, ValueError) as exc:
+        raise SystemExit(f"not a Redis URL: {url!r}: {_one_line(exc)}") from None
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        raise SystemExit(f"cannot reach Redis at {url}: {_one_line(exc)}") from None
+    finally:
+        client.close()
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 def run_redis_demo(
     url: str, *, processes: int = PROCESSES, work_seconds: float = WORK_SECONDS
 ) -> None:
@@ -84,12 +112,9 @@ def run_redis_demo(
 
     from coalesce.redis import RedisBackend
 
+    check_redis(url)
     backend = RedisBackend.from_url(url, prefix=PREFIX)
     client: redis.Redis = backend.client  # type: ignore[assignment]
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        raise SystemExit(f"cannot reach Redis at {url}: {exc}") from None
 
     day = f"day-{secrets.token_hex(4)}"  # a key no earlier run has cached
     context = multiprocessing.get_context("spawn")
