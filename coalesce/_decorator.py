@@ -246,6 +246,8 @@ def singleflight(
         callable ``(result) -> seconds`` for per-result lifetimes (0 or less: do not
         keep that result).
     :param maxsize: bound of the built-in cache (default 1024; ``None``: unbounded).
+        Past it the result stored first is dropped first (FIFO, not LRU: a hit does
+        not move a result); expired results go before live ones.
     :param cache: a ``MutableMapping`` (``dict``, any ``cachetools`` cache) to keep
         results in instead of the built-in cache.
     :param typed: as in :func:`functools.lru_cache`: ``f(1)`` and ``f(1.0)`` differ.

@@ -1,5 +1,8 @@
 """Five clients ask a FastAPI server for the same slow report at once; it runs once.
 
+Needs: ``python -m pip install python-coalesce fastapi uvicorn httpx`` (in a clone,
+the ``test`` extra has them all: ``python -m pip install -e ".[test]"``).
+
 Run it with ``python examples/fastapi_five_clients.py``. It starts uvicorn on
 127.0.0.1 on a free port, fires five concurrent httpx requests for the same URL,
 logs what the server does, prints each client's response, and exits (status 0 when

@@ -3,7 +3,9 @@
 Each ```python block of each ``docs/*.md`` page runs in order, the blocks of one page
 sharing one namespace (a page reads top to bottom). A block fenced ```python no-run
 shows code that needs something a test cannot give it (a Flask or Django project); it
-must still compile, and every name it imports from coalesce must exist. The README's
+must still compile, and every name it imports from coalesce must exist. A block fenced
+```python fragment continues an earlier block of its page and runs after it; every
+other block also runs on its own (``tests/test_day_one_docs.py``). The README's
 examples are run by ``tests/test_readme.py``.
 """
 
@@ -81,7 +83,9 @@ def test_docs_page_examples_run(page: Path) -> None:
             if info == "no-run":
                 _check_imports(code, where)
             else:
-                assert not info, f"{where}: unknown fence option {info!r} (only 'no-run')"
+                assert info in ("", "fragment"), (
+                    f"{where}: unknown fence option {info!r} (only 'no-run' or 'fragment')"
+                )
                 exec(compiled, module.__dict__)
     finally:
         del sys.modules[name]
