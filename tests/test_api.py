@@ -14,7 +14,7 @@ import cachetools
 import freezegun
 import pytest
 import time_machine
-from _core_support import Caller, as_kind, eventually, run, wait
+from _core_support import Caller, aeventually, as_kind, eventually, run, wait
 
 import coalesce
 from coalesce import CacheInfo, singleflight
@@ -102,27 +102,21 @@ def test_wrapper_keeps_name_doc_signature_and_wrapped(kind: str, form: str) -> N
     assert run(decorated, 7) == "7"
 
 
-def test_async_wrapper_is_a_coroutine_function_for_frameworks() -> None:
-    """Section 1: inspect.iscoroutinefunction is true for a decorated async def (FastAPI checks)."""
+@pytest.mark.parametrize("options", [None, {"key": "user_id", "ttl": 30}], ids=["bare", "key-ttl"])
+def test_wrapper_keeps_the_kind_of_call(kind: str, options: dict[str, Any] | None) -> None:
+    """Section 1: a decorated def returns its value, a decorated async def a coroutine (FastAPI)."""
 
-    @singleflight(key="user_id", ttl=30)
-    async def fetch_user(user_id: int) -> int:
+    def fetch_user(user_id: int) -> int:
         return user_id
 
-    assert inspect.iscoroutinefunction(fetch_user)
-    assert inspect.iscoroutine(coro := fetch_user(1))
-    assert asyncio.run(coro) == 1
-
-
-def test_sync_wrapper_is_not_a_coroutine_function() -> None:
-    """Section 1: a decorated def stays a plain function returning its value."""
-
-    @singleflight
-    def load(x: int) -> int:
-        return x
-
-    assert not inspect.iscoroutinefunction(load)
-    assert load(3) == 3
+    original = as_kind(kind, fetch_user)
+    decorated = singleflight(original) if options is None else singleflight(**options)(original)
+    assert inspect.iscoroutinefunction(decorated) is (kind == "async")
+    outcome = decorated(3)
+    if kind == "async":
+        assert inspect.iscoroutine(outcome)
+        outcome = asyncio.run(outcome)
+    assert outcome == 3
 
 
 def test_callable_object_with_async_call_is_async() -> None:
@@ -380,19 +374,21 @@ def test_forget_async_later_callers_start_a_new_execution() -> None:
 
     async def main() -> None:
         release = asyncio.Event()
+        entered = asyncio.Event()
 
         @singleflight
         async def load(x: int) -> str:
             runs.append(x)
             if len(runs) == 1:
+                entered.set()
                 await release.wait()
                 return "old"
             return "new"
 
         first = asyncio.create_task(load(1))
-        await asyncio.sleep(0)
+        await asyncio.wait_for(entered.wait(), 10)
         joined = asyncio.create_task(load(1))
-        await asyncio.sleep(0)
+        await aeventually(lambda: load.cache_info().coalesced == 1, "a caller to join")
         assert load.forget(x=1) is True
         assert load.forget(1) is False
         assert await load(1) == "new"
