@@ -402,16 +402,22 @@ class TTLView(MutableMapping[Hashable, Any]):
 
 
 class _Guard:
-    """The one lock of one user mapping, shared by every function given it (S17)."""
+    """The one lock of one user mapping, shared by every function given it (S17).
+
+    Reentrant (S19): a key's ``__hash__``/``__eq__`` or a cache's own callback
+    (cachetools' ``getsizeof``, ``timer``, ...) runs while the guard is held, and may
+    call a function that uses the same mapping; a plain lock would deadlock there, as
+    ``functools.lru_cache`` and cachetools' decorators know.
+    """
 
     __slots__ = ("__weakref__", "lock")
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()
         at_fork(self)
 
     def _after_fork(self) -> None:
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()
 
 
 # id(mapping) -> guard. Each MappingStore keeps its mapping and its guard alive, so an
