@@ -30,7 +30,7 @@ from typing import (
 from ._backend import AsyncBinding, Backend, Binding, bind_async, bind_sync, check_backend
 from ._compile import compile_wrapper, key_source
 from ._flight import AsyncGroup, Describe, Group, Stats
-from ._keys import KeyPlan, describe_unhashable, plan_key, qualname
+from ._keys import KeyPlan, check_key_callable, describe_unhashable, plan_key, qualname
 from ._seconds import seconds
 from ._store import MappingStore, Store, TTLStore, TTLView
 
@@ -232,6 +232,7 @@ def singleflight(
     cache_if: Callable[[Any], object] | None = None,
     backend: Backend | None = None,
     name: str | None = None,
+    **unknown: Any,
 ) -> Any:
     """Share one execution of the decorated function among concurrent equal calls.
 
@@ -264,7 +265,12 @@ def singleflight(
     :param backend: a :class:`coalesce.Backend` to coordinate processes, such as
         :class:`coalesce.redis.RedisBackend`.
     :param name: the function's name in the backend's keys (default: its qualified name).
+
+    Every combination of options is honoured or refused with a ``TypeError`` when
+    decorating (S20); a misspelt option gets a "did you mean" suggestion.
     """
+    if unknown:
+        _reject_unknown(unknown)
     options = _Options(
         key, ttl, maxsize, cache, typed, backend, name,
         _Freshness(stale, early, stale_if_error, error_ttl, cache_if),
@@ -277,6 +283,35 @@ def singleflight(
             f"singleflight() decorates a function, not {type(func).__name__} ({func!r}){hint}"
         )
     return options.decorate(func)
+
+
+_OPTION_NAMES: Final = (
+    "key",
+    "ttl",
+    "maxsize",
+    "cache",
+    "typed",
+    "stale",
+    "early",
+    "stale_if_error",
+    "error_ttl",
+    "cache_if",
+    "backend",
+    "name",
+)
+
+
+def _reject_unknown(unknown: dict[str, Any]) -> None:
+    """A ``TypeError`` for options ``singleflight()`` does not take, with a suggestion."""
+    import difflib  # only on this error path
+
+    name = next(iter(unknown))
+    close = difflib.get_close_matches(name, _OPTION_NAMES, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise TypeError(
+        f"singleflight() got an unexpected option {name!r}{hint} "
+        f"(options: {', '.join(_OPTION_NAMES)})"
+    )
 
 
 class _Options:
@@ -295,17 +330,37 @@ class _Options:
         name: object,
         fresh: _Freshness,
     ) -> None:
+        maxsize_given = maxsize is not _DEFAULT_MAXSIZE
         if ttl is not None and not callable(ttl):
             ttl = seconds("ttl", ttl)
-        if fresh.needs_ttl() and ttl is None:
+        if backend is not None:
+            # S20: what the backend does not do yet is refused, never ignored.
+            ignored = [f"{n}=" for n in fresh.given()]
+            if callable(ttl):
+                ignored.insert(0, "ttl= (a callable)")
+            if ignored:
+                raise TypeError(
+                    f"{', '.join(ignored)} {'does' if len(ignored) == 1 else 'do'} not work "
+                    "with backend= yet: the backend would ignore "
+                    f"{'it' if len(ignored) == 1 else 'them'}; leave "
+                    f"{'it' if len(ignored) == 1 else 'them'} out (and give ttl= as a number "
+                    "of seconds), or drop backend= to use them with the built-in cache"
+                )
+        if cache is not None and fresh.needs_ttl():
             raise TypeError(
-                f"{fresh.needs_ttl()} measure time past a result's ttl: pass ttl= too "
-                "(they work with the built-in cache, not with cache=)"
+                f"{fresh.needs_ttl()} work with the built-in cache (ttl=), not with "
+                "cache=: they are windows past its ttl; use ttl= (and maxsize=) instead "
+                "of cache=, or leave them out"
             )
+        if fresh.needs_ttl() and ttl is None:
+            raise TypeError(f"{fresh.needs_ttl()} measure time past a result's ttl: pass ttl= too")
         if fresh.cache_if is not None and ttl is None and cache is None:
             raise TypeError("cache_if= decides what is cached: pass ttl= or cache= too")
-        if callable(ttl) and backend is not None:
-            raise TypeError("a ttl callable is not supported with backend=; pass seconds")
+        if maxsize_given and ttl is None and cache is None and backend is None:
+            raise TypeError(
+                f"maxsize={maxsize!r} bounds the built-in cache, which only ttl= turns on: "
+                "pass ttl= too (e.g. ttl=60, maxsize=...), or leave maxsize= out"
+            )
         if cache is not None:
             if not isinstance(cache, MutableMapping):
                 raise TypeError(
@@ -318,7 +373,7 @@ class _Options:
                     "mapping), not both; for a TTL with your own mapping use "
                     "cache=cachetools.TTLCache(maxsize, ttl)"
                 )
-            if maxsize is not _DEFAULT_MAXSIZE:
+            if maxsize_given:
                 raise TypeError(
                     "maxsize= sizes the built-in cache and cannot apply to cache=; "
                     "bound your mapping itself (e.g. cachetools.LRUCache(maxsize))"
@@ -346,6 +401,12 @@ class _Options:
                     "backend= keeps results in the backend for ttl seconds: pass ttl= too"
                 )
             backend = check_backend(backend)
+            if maxsize_given and not backend.local_ttl:
+                raise TypeError(
+                    "maxsize= with backend= bounds the backend's local cache, which this "
+                    "backend does not keep (no local_ttl=): leave maxsize= out, or give "
+                    "the backend local_ttl="
+                )
         elif name is not None:
             raise TypeError("name= names the function in a backend's keys: pass backend= too")
         self.fresh = fresh
@@ -360,6 +421,12 @@ class _Options:
     def decorate(self, func: Any) -> Any:
         if isinstance(func, classmethod | staticmethod):
             return type(func)(self.decorate(func.__func__))
+        if isinstance(func, type):
+            raise TypeError(
+                f"singleflight() decorates a function, not the class {func.__qualname__}; "
+                "decorate one of its methods instead (the class itself would be replaced "
+                "by a function, and isinstance() would break)"
+            )
         if not callable(func):
             raise TypeError(f"singleflight() decorates a function, not {type(func).__name__}")
         if inspect.isgeneratorfunction(func) or inspect.isasyncgenfunction(func):
@@ -368,6 +435,8 @@ class _Options:
                 "its callers would share one iterator; decorate a function that returns "
                 "a list (or other value) instead"
             )
+        if callable(self.key):
+            check_key_callable(func, self.key)
         return _build(func, self)
 
 
@@ -402,6 +471,11 @@ class _Freshness:
             if getattr(self, name)
         ]
         return ", ".join(f"{name}=" for name in given)
+
+    def given(self) -> list[str]:
+        """The names of the freshness options given (not left off)."""
+        names = [n for n in ("stale", "early", "stale_if_error", "error_ttl") if getattr(self, n)]
+        return [*names, "cache_if"] if self.cache_if is not None else names
 
 
 def _check_window(name: str, value: object, unit: str = "seconds") -> float:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Hashable, Sequence
 from operator import itemgetter
 from typing import Any, Final
 
-__all__ = ("KeyPlan", "describe_unhashable", "plan_key", "qualname")
+__all__ = ("KeyPlan", "check_key_callable", "describe_unhashable", "plan_key", "qualname")
 
 _EMPTY: Final = inspect.Parameter.empty
 _POSITIONAL: Final = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
@@ -324,3 +324,56 @@ def describe_unhashable(
         f"unhashable argument {pname!r} of {name}() (a {type(value).__name__}); "
         "pass key=... to choose what identifies a call, e.g. key=lambda *a, **k: ..."
     )
+
+
+def check_key_callable(func: Callable[..., Any], key: Callable[..., Any]) -> None:
+    """Refuse, when decorating, a ``key=`` callable that cannot take ``func``'s arguments.
+
+    The key callable is called with the function's own arguments. Two calls are tried
+    against its signature: only the required arguments, and every argument (the
+    positional ones positionally, or else by name); if either cannot bind, no call of
+    that shape could get a key. Callables whose signature cannot be read are accepted.
+    """
+    try:
+        fsig = inspect.signature(func)
+        ksig = inspect.signature(key)
+    except (TypeError, ValueError):
+        return
+    required: tuple[list[Any], dict[str, Any]] = ([], {})
+    positional: tuple[list[Any], dict[str, Any]] = ([], {})
+    named: tuple[list[Any], dict[str, Any]] = ([], {})
+    for p in fsig.parameters.values():
+        if p.kind is inspect.Parameter.POSITIONAL_ONLY:
+            for shape in (positional, named):
+                shape[0].append(None)
+            if p.default is _EMPTY:
+                required[0].append(None)
+        elif p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD:
+            positional[0].append(None)
+            named[1][p.name] = None
+            if p.default is _EMPTY:
+                required[0].append(None)
+        elif p.kind is inspect.Parameter.KEYWORD_ONLY:
+            for shape in (positional, named):
+                shape[1][p.name] = None
+            if p.default is _EMPTY:
+                required[1][p.name] = None
+    problems = []
+    try:
+        ksig.bind(*required[0], **required[1])
+    except TypeError as exc:
+        problems.append(f"its required arguments: {exc}")
+    try:
+        ksig.bind(*positional[0], **positional[1])
+    except TypeError as by_position:
+        try:
+            ksig.bind(*named[0], **named[1])
+        except TypeError:
+            problems.append(f"all its arguments: {by_position}")
+    if problems:
+        name = qualname(func)
+        raise TypeError(
+            f"the key callable {qualname(key)}{ksig} cannot take the arguments of "
+            f"{name}{fsig} (called with {problems[0]}); give it the same parameters as "
+            f"{name}(), or end its parameters with *args, **kwargs"
+        )

@@ -220,19 +220,6 @@ def test_cache_info_with_cachetools_currsize_uses_getsizeof() -> None:
     assert word.cache_info()[5:] == (7, 100)
 
 
-def test_maxsize_is_ignored_without_ttl() -> None:
-    """Section 1: maxsize is ignored without ttl: no cache, maxsize reported as None."""
-
-    @singleflight(maxsize=10)
-    def load(x: int) -> int:
-        return x
-
-    load(1)
-    load(1)
-    assert load.cache is None
-    assert load.cache_info() == CacheInfo(0, 2, 0, 0, 0, 0, None)
-
-
 def test_builtin_cache_evicts_down_to_maxsize() -> None:
     """Section 1: the built-in cache keeps at most maxsize results."""
     runs: list[int] = []
