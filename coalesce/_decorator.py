@@ -126,9 +126,10 @@ class SingleflightFunction(Protocol[P, R_co]):
     - ``cache_key(*args, **kwargs)``: the key these arguments map to;
     - ``cache_info()``: the counters and sizes, a :class:`CacheInfo`;
     - ``cache_clear()``: empty the cache and reset the counters; executions in flight
-      store nothing;
-    - ``invalidate(*args, **kwargs)``: drop the cached result for these arguments;
-      ``True`` if a live one was dropped;
+      are detached (they answer their callers and store nothing);
+    - ``invalidate(*args, **kwargs)``: drop the cached result for these arguments and
+      detach the execution in flight for them, so the next call runs anew
+      (read-your-writes); ``True`` if a live result was dropped;
     - ``forget(*args, **kwargs)``: later callers start a new execution instead of
       joining the one in flight; ``True`` if one was in flight.
 
@@ -630,7 +631,11 @@ def _attach(
         return store.invalidate(key) if store is not None else False
 
     def cache_clear() -> None:
-        """Empty the cache and reset the counters; executions in flight store nothing.
+        """Empty the cache and reset the counters; executions in flight are detached.
+
+        As :meth:`invalidate` does for one key (S18), every execution in flight still
+        answers the callers that had joined it, stores nothing, and later calls run
+        anew.
 
         With a Redis backend and a sync client, the function's keys in Redis go too;
         with an async client, ``await f.acache_clear()`` does that.
@@ -642,8 +647,10 @@ def _attach(
     def invalidate(*args: Any, **kwargs: Any) -> bool:
         """Drop the cached result for these arguments; ``True`` if a live one was dropped.
 
-        An execution of that key already in flight still answers its callers, but
-        does not store its (possibly stale) result. With a Redis backend and a sync
+        Read-your-writes (S18): an execution of that key already in flight is
+        detached, as by :meth:`forget`: it still answers the callers that had joined
+        it but stores nothing, and a call that starts after this returns runs anew.
+        With a Redis backend and a sync
         client, the value in Redis goes too; with an async client, ``await
         f.ainvalidate(...)`` does that.
         """

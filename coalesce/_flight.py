@@ -362,16 +362,20 @@ class Group:
         return flight is not None
 
     def _discard(self, key: Hashable) -> None:
-        """Keep the execution in flight for ``key`` from storing its result."""
-        with self._lock:
-            flight = self._flights.get(key)
-            if flight is not None:
-                flight.discard = True
+        """Detach the execution in flight for ``key`` (S18), as :meth:`forget` does.
+
+        It still answers the callers that joined it and stores nothing; a call that
+        starts after this returns runs anew, so it never gets a result read before
+        an invalidation.
+        """
+        self.forget(key)
 
     def _discard_all(self) -> None:
+        """Detach every execution in flight (S18, ``cache_clear()``)."""
         with self._lock:
             for flight in self._flights.values():
                 flight.discard = True
+            self._flights.clear()
 
     def __contains__(self, key: object) -> bool:
         """``key in group``: whether an execution of ``key`` is in flight now."""
@@ -692,11 +696,17 @@ class AsyncGroup:
         return found
 
     def _discard(self, key: Hashable) -> None:
-        for _, flight in self._matching(key):
-            flight.discard = True
+        """Detach the executions in flight for ``key``, in every loop (S18)."""
+        self.forget(key)
 
     def _discard_all(self) -> None:
-        for flight in list(self._flights.values()):
+        """Detach every execution in flight, in every loop (S18, ``cache_clear()``)."""
+        flights = self._flights
+        while flights:
+            try:
+                _, flight = flights.popitem()  # atomic: loops in other threads share it
+            except KeyError:
+                break
             flight.discard = True
 
     def __contains__(self, key: object) -> bool:
