@@ -13,6 +13,7 @@ from ._backend import Binding as Binding
 from ._decorator import AsyncSingleflightFunction as AsyncSingleflightFunction
 from ._decorator import BoundSingleflightFunction as BoundSingleflightFunction
 from ._decorator import CacheInfo as CacheInfo
+from ._decorator import SingleflightClassMethod as SingleflightClassMethod
 from ._decorator import SingleflightFunction as SingleflightFunction
 from ._decorator import singleflight as singleflight
 from ._errors import ReentrantCallError as ReentrantCallError
@@ -33,6 +34,7 @@ __all__ = (
     "Group",
     "ReentrantCallError",
     "RemoteError",
+    "SingleflightClassMethod",
     "SingleflightFunction",
     "__version__",
     "singleflight",

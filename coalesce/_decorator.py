@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Awaitable, Callable, Hashable, MutableMapping
+from collections.abc import Callable, Coroutine, Hashable, MutableMapping
 from typing import (
     Any,
     Concatenate,
@@ -38,6 +38,7 @@ __all__ = (
     "AsyncSingleflightFunction",
     "BoundSingleflightFunction",
     "CacheInfo",
+    "SingleflightClassMethod",
     "SingleflightFunction",
     "singleflight",
 )
@@ -47,6 +48,8 @@ P2 = ParamSpec("P2")
 R = TypeVar("R")
 R_co = TypeVar("R_co", covariant=True)
 S = TypeVar("S")
+T = TypeVar("T")
+T_contra = TypeVar("T_contra", contravariant=True)
 S_contra = TypeVar("S_contra", contravariant=True)
 
 
@@ -158,8 +161,13 @@ class SingleflightFunction(Protocol[P, R_co]):
     ) -> BoundSingleflightFunction[S, P2, R]: ...
 
 
-class AsyncSingleflightFunction(SingleflightFunction[P, Awaitable[R_co]], Protocol[P, R_co]):
+class AsyncSingleflightFunction(
+    SingleflightFunction[P, Coroutine[Any, Any, R_co]], Protocol[P, R_co]
+):
     """The type of an ``async def`` function decorated with ``@singleflight``.
+
+    Calling it gives a coroutine (as calling the ``async def`` does), so
+    ``asyncio.create_task(f(...))`` and ``asyncio.run(f(...))`` type-check.
 
     Adds awaitable helpers that also reach an async Redis backend:
     ``await f.ainvalidate(*args, **kwargs)`` and ``await f.acache_clear()``.
@@ -185,6 +193,24 @@ class BoundSingleflightFunction(Protocol, Generic[S_contra, P, R_co]):
     def forget(self, instance: S_contra, /, *args: P.args, **kwargs: P.kwargs) -> bool: ...
 
 
+class SingleflightClassMethod(Protocol[T_contra, P, R_co]):
+    """The type of a decorated ``classmethod`` (``@singleflight`` above or below it).
+
+    Reached through the class or an instance, it is bound to the class: calling it
+    passes ``cls``. Its helpers take ``cls`` explicitly, like every other argument of
+    the key: ``Prices.currencies.invalidate(Prices)``. (For an ``async def`` class
+    method, ``R_co`` is the coroutine its call gives.)
+    """
+
+    @property
+    def __wrapped__(self) -> Callable[Concatenate[type[T_contra], P], R_co]: ...
+
+    def __call__(self, cls: type[T_contra], /, *args: P.args, **kwargs: P.kwargs) -> R_co: ...
+    def __get__(
+        self, instance: object, owner: type[Any] | None = None
+    ) -> BoundSingleflightFunction[type[T_contra], P, R_co]: ...
+
+
 def _is_async(func: Callable[..., Any]) -> bool:
     if inspect.iscoroutinefunction(func):
         return True
@@ -193,8 +219,14 @@ def _is_async(func: Callable[..., Any]) -> bool:
 
 
 @overload
+def singleflight(func: classmethod[T, P, R], /) -> SingleflightClassMethod[T, P, R]: ...
+@overload
 def singleflight(
-    func: Callable[P, Awaitable[R]],
+    func: Callable[Concatenate[type[T], P], R], /
+) -> SingleflightClassMethod[T, P, R]: ...
+@overload
+def singleflight(
+    func: Callable[P, Coroutine[Any, Any, R]],
     /,
 ) -> AsyncSingleflightFunction[P, R]: ...
 @overload
@@ -218,7 +250,7 @@ def singleflight(
     name: str | None = None,
 ) -> _Decorator: ...
 def singleflight(
-    func: Callable[..., Any] | None = None,
+    func: Callable[..., Any] | classmethod[Any, Any, Any] | None = None,
     /,
     *,
     key: str | tuple[str, ...] | list[str] | Callable[..., Hashable] | None = None,
@@ -495,10 +527,18 @@ class _Decorator:
         self._options = options
 
     @overload
-    def __call__(self, func: Callable[P, Awaitable[R]], /) -> AsyncSingleflightFunction[P, R]: ...
+    def __call__(self, func: classmethod[T, P, R], /) -> SingleflightClassMethod[T, P, R]: ...
+    @overload
+    def __call__(
+        self, func: Callable[Concatenate[type[T], P], R], /
+    ) -> SingleflightClassMethod[T, P, R]: ...
+    @overload
+    def __call__(
+        self, func: Callable[P, Coroutine[Any, Any, R]], /
+    ) -> AsyncSingleflightFunction[P, R]: ...
     @overload
     def __call__(self, func: Callable[P, R], /) -> SingleflightFunction[P, R]: ...
-    def __call__(self, func: Callable[..., Any], /) -> Any:
+    def __call__(self, func: Callable[..., Any] | classmethod[Any, Any, Any], /) -> Any:
         return self._options.decorate(func)
 
     def __repr__(self) -> str:

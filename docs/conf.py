@@ -58,7 +58,10 @@ nitpicky = True
 nitpick_ignore_regex = [
     (r"py:(class|obj)", r"(redis\.|Redis$).*"),
     # Type variables and aliases of the signatures, explained in the text around them.
-    (r"py:(class|obj)", r"(coalesce\._\w+\.|typing\.~)?(P|P2|R|R_co|S|S_contra)(\.args|\.kwargs)?"),
+    (
+        r"py:(class|obj)",
+        r"(coalesce\._\w+\.|typing\.~)?(P|P2|R|R_co|S|S_contra|T|T_contra)(\.args|\.kwargs)?",
+    ),
     (
         r"py:(class|obj)",
         r"(coalesce\.\w+\.)?(ASGIApp|Scope|Receive|Send|Environ|WSGIApp|ExcInfo|Write)",
@@ -142,7 +145,7 @@ def _external(path: str, contnode: Any) -> Any:
 # How Sphinx writes the parts of a ParamSpec and type variables in a signature
 # (``~typing.~P``, ``~P``, ``~coalesce._flight.R``), and what a reader expects instead.
 _TYPEVAR_NOISE = re.compile(
-    r"~(?:typing\.~|coalesce\.[\w.]*\.)?(?=(?:P2?|R(?:_co)?|S(?:_contra)?)\b)"
+    r"~(?:typing\.~|coalesce\.[\w.]*\.)?(?=(?:P2?|R(?:_co)?|S(?:_contra)?|T(?:_contra)?)\b)"
 )
 
 

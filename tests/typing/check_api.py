@@ -6,12 +6,13 @@ with ``warn_unused_ignores`` (part of --strict), a line it stops rejecting fails
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Hashable
-from typing import assert_type
+import asyncio
+from collections.abc import Coroutine, Hashable
+from typing import Any, assert_type
 
 import cachetools
 
-from coalesce import AsyncGroup, CacheInfo, Group, singleflight
+from coalesce import AsyncGroup, CacheInfo, Group, SingleflightClassMethod, singleflight
 
 
 @singleflight
@@ -61,8 +62,7 @@ async def use() -> None:
     await fetch_user.acache_clear()
     assert_type(service.lookup.invalidate(service, "x"), bool)
     load.cache_clear()
-    reveal = fetch_user(2)
-    assert_type(reveal, Awaitable[dict[str, int]])
+    reveal = assert_type(fetch_user(2), Coroutine[Any, Any, dict[str, int]])
     await reveal
 
     group = Group()
@@ -79,3 +79,63 @@ async def use() -> None:
     group.do("k", load.__wrapped__, 3)  # type: ignore[arg-type]
     load.invalidate(b"x")  # type: ignore[arg-type]
     load.ainvalidate("x")  # type: ignore[attr-defined]
+
+
+# V5: a decorated async def gives a coroutine, as the async def does.
+async def tasks() -> None:
+    task = asyncio.create_task(fetch_user(1))
+    assert_type(task, asyncio.Task[dict[str, int]])
+    assert_type(await task, dict[str, int])
+    assert_type(
+        await asyncio.gather(fetch_user(1), fetch_user(2)), tuple[dict[str, int], dict[str, int]]
+    )
+    assert_type(await asyncio.wait_for(fetch_user(1), 1.0), dict[str, int])
+    assert_type(await Svc.alookup_cls(1), int)
+    assert_type(await asyncio.create_task(Svc().alookup_cls(1)), int)
+
+
+def run_it() -> None:
+    assert_type(asyncio.run(fetch_user(1)), dict[str, int])
+    assert_type(asyncio.run(Svc.alookup_cls(1)), int)
+
+
+# V5: classmethod in both decorator orders, as the keys docs write it.
+class Prices:
+    @singleflight(ttl=60)
+    @classmethod
+    def currencies(cls) -> tuple[str, ...]:
+        return ("EUR", "USD")
+
+
+class Svc:
+    @singleflight
+    @classmethod
+    def below(cls, n: int) -> int:
+        return n
+
+    @classmethod
+    @singleflight
+    def above(cls, n: int) -> int:
+        return n
+
+    @singleflight(ttl=5)
+    @classmethod
+    async def alookup_cls(cls, n: int) -> int:
+        return n
+
+
+def class_methods() -> None:
+    assert_type(Prices.currencies(), tuple[str, ...])
+    assert_type(Prices().currencies(), tuple[str, ...])
+    assert_type(Prices.currencies.invalidate(Prices), bool)
+    assert_type(Prices.currencies.cache_info(), CacheInfo)
+    assert_type(Svc.below(1), int)
+    assert_type(Svc().below(1), int)
+    assert_type(Svc.above(1), int)
+    assert_type(Svc().above(1), int)
+    assert_type(Svc.below.cache_key(Svc, 1), Hashable)
+    decorated: SingleflightClassMethod[Any, [int], int] = Svc.__dict__["below"]
+    assert_type(decorated, SingleflightClassMethod[Any, [int], int])
+    Svc.below("x")  # type: ignore[arg-type]
+    Svc().above("x")  # type: ignore[arg-type]
+    Prices.currencies(1)  # type: ignore[call-arg]
