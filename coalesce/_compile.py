@@ -21,6 +21,7 @@
 
 from __future__ import annotations
 
+import builtins
 import functools
 import inspect
 import time as _time
@@ -29,7 +30,11 @@ from typing import Any, Final
 
 from ._flight import AsyncGroup, Describe, Group
 from ._keys import KeyPlan, qualname
+from ._pinned import any, callable, enumerate, isinstance, len
 from ._store import FRESH, FRESH_WALL, MISSING, VALUE, MappingStore, Store, TTLStore
+
+# The builtins the generated source may reach, as they were at import (see _pinned).
+_IMPORT_TIME_BUILTINS: Final = dict(builtins.__dict__)
 
 __all__ = ("KeySource", "compile_wrapper", "key_source")
 
@@ -259,7 +264,7 @@ def compile_wrapper(
     code = compile(text, f"<singleflight wrapper of {qualname(func)}>", "exec")
     # The names are the wrapper's globals: read as fast as closure cells, and with
     # no cells to copy into every call's frame.
-    namespace["__builtins__"] = __builtins__
+    namespace["__builtins__"] = _IMPORT_TIME_BUILTINS  # never a user's replacement
     exec(code, namespace)
     wrapper: Callable[..., Any] = namespace[name]
     return wrapper

@@ -31,6 +31,7 @@ from ._backend import AsyncBinding, Backend, Binding, bind_async, bind_sync, che
 from ._compile import compile_wrapper, key_source
 from ._flight import AsyncGroup, Describe, Group, Stats
 from ._keys import KeyPlan, check_key_callable, describe_unhashable, plan_key, qualname
+from ._pinned import callable, getattr, hash, isinstance, iter, len, next
 from ._seconds import seconds
 from ._store import MappingStore, Store, TTLStore, TTLView
 
@@ -214,7 +215,7 @@ class SingleflightClassMethod(Protocol[T_contra, P, R_co]):
 def _is_async(func: Callable[..., Any]) -> bool:
     if inspect.iscoroutinefunction(func):
         return True
-    call = getattr(type(func), "__call__", None)  # noqa: B004 - the type's own __call__
+    call = getattr(type(func), "__call__", None)
     return call is not None and not inspect.isfunction(func) and inspect.iscoroutinefunction(call)
 
 

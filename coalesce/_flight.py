@@ -29,6 +29,7 @@ from typing import Any, Final, NamedTuple, ParamSpec, TypeVar
 
 from ._errors import ReentrantCallError
 from ._fork import at_fork
+from ._pinned import getattr, hash, isinstance, len, next, zip
 from ._store import MISSING, CachedError, Store
 
 __all__ = ("AsyncGroup", "Group", "Stats")

@@ -17,6 +17,23 @@ from collections.abc import Callable, Hashable, Sequence
 from operator import itemgetter
 from typing import Any, Final
 
+from ._pinned import (
+    all,
+    any,
+    callable,
+    enumerate,
+    getattr,
+    hash,
+    isinstance,
+    len,
+    map,
+    max,
+    repr,
+    sorted,
+    sum,
+    zip,
+)
+
 __all__ = ("KeyPlan", "check_key_callable", "describe_unhashable", "plan_key", "qualname")
 
 _EMPTY: Final = inspect.Parameter.empty

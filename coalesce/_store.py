@@ -29,6 +29,7 @@ from types import TracebackType
 from typing import Any, Final
 
 from ._fork import at_fork
+from ._pinned import callable, getattr, id, isinstance, iter, len, max, next, sorted
 from ._seconds import returned
 
 __all__ = (
