@@ -41,6 +41,7 @@ from collections.abc import Hashable
 from typing import Any, Final, Literal, Protocol, cast, final, runtime_checkable
 
 from coalesce._errors import RemoteError
+from coalesce._pinned import callable, getattr, isinstance, len, repr
 
 # --------------------------------------------------------------------------- serialisers
 

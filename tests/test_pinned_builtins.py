@@ -26,7 +26,7 @@ def cached_len() -> Iterator[Callable[..., int]]:
     calls: list[Any] = []
 
     @singleflight(ttl=60)
-    def len(obj: Any) -> int:  # noqa: A001 - the point: a user's replacement of len
+    def len(obj: Any) -> int:  # a user's replacement of len
         calls.append(obj)
         return REAL_LEN(obj)
 
