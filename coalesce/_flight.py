@@ -633,11 +633,14 @@ class AsyncGroup:
     get flights of their own (S10).
     """
 
-    __slots__ = ("__weakref__", "_describe", "_flights", "_stats")
+    __slots__ = ("__weakref__", "_describe", "_flights", "_lock", "_stats")
 
     def __init__(self) -> None:
         # Keyed by (loop, key): one flat dict, nothing to tidy when a loop goes.
+        # Only a loop's own thread adds its flights (when none is there), so adding
+        # needs no lock; removing holds ``_lock`` (see ``_detach``).
         self._flights: dict[_FlightKey, _AsyncFlight] = {}
+        self._lock = threading.Lock()
         self._stats = Stats()
         self._describe: Describe = _no_describe
         at_fork(self)
@@ -647,6 +650,7 @@ class AsyncGroup:
 
     def _after_fork(self) -> None:
         self._flights = {}
+        self._lock = threading.Lock()
         self._stats.after_fork()
 
     async def do(
@@ -686,12 +690,24 @@ class AsyncGroup:
             return []
         return [(fkey, f) for fkey, f in list(self._flights.items()) if fkey[1] == key]
 
+    def _detach(self, fkey: _FlightKey, flight: _AsyncFlight) -> bool:
+        """Take ``flight`` out of the registry if it is still the one for ``fkey``.
+
+        A compare-and-delete under the lock: ``forget()`` may run in any thread, and
+        a check then a delete without it could remove a flight that the loop's thread
+        registered in between, which would let a second leader of that key start (V4).
+        """
+        with self._lock:
+            if self._flights.get(fkey) is flight:
+                del self._flights[fkey]
+                return True
+            return False
+
     def forget(self, key: Hashable) -> bool:
         """Let later callers of ``key`` start a new execution instead of joining this one."""
         found = False
         for fkey, flight in self._matching(key):
-            if self._flights.get(fkey) is flight:
-                self._flights.pop(fkey, None)
+            if self._detach(fkey, flight):
                 flight.discard = True
                 found = True
         return found
@@ -847,9 +863,7 @@ class AsyncGroup:
         else:
             flight.state = _FAILED
         flight.value = value
-        flights = self._flights
-        if flights.get(fkey) is flight:
-            flights.pop(fkey, None)
+        self._detach(fkey, flight)
         next(self._stats.ended)
         waiters = flight.waiters
         if not waiters:
@@ -884,8 +898,7 @@ class AsyncGroup:
                 if not waiters and flight.task is not None and not flight.background:
                     # Every caller has gone: stop the execution, leave nothing in flight.
                     flight.discard = True
-                    if self._flights.get(fkey) is flight:
-                        self._flights.pop(fkey, None)
+                    self._detach(fkey, flight)
                     flight.task.cancel()
             raise
 

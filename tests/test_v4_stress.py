@@ -277,3 +277,43 @@ def test_v4_async_loops_in_16_threads(cached: bool) -> None:
         # No cache: each loop runs each key of each burst exactly once.
         assert runs.total() == THREADS * KEYS * BURSTS
         assert info.coalesced == THREADS * KEYS * BURSTS
+
+
+def test_v4_forget_from_other_threads_racing_a_loop() -> None:
+    """V4/S12: forget() from two other threads racing a loop's flights: counters add up."""
+    runs = _Runs()
+    stop = threading.Event()
+    forgot = itertools.count()
+
+    @singleflight
+    async def load(key: int) -> int:
+        runs.enter(key)
+        await asyncio.sleep(0)
+        runs.leave(key)
+        return key
+
+    def forgetter() -> None:
+        while not stop.is_set():
+            load.forget(0)
+            next(forgot)
+
+    async def calls() -> None:
+        for _ in range(2000):
+            # The later callers join the first's flight, unless it was forgotten.
+            outcome = await asyncio.wait_for(asyncio.gather(load(0), load(0), load(0)), WAIT)
+            assert outcome == [0, 0, 0]
+
+    threads = [threading.Thread(target=forgetter, daemon=True) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    try:
+        asyncio.run(calls())
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(WAIT)
+    info = load.cache_info()
+    assert next(forgot) > 0
+    assert info.misses == 3 * 2000
+    assert info.misses - info.coalesced == runs.total()
+    assert (info.errors, info.in_flight) == (0, 0)
