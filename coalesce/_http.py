@@ -1,27 +1,33 @@
 """What the ASGI and WSGI middlewares share: options, keys, and which responses travel.
 
-Both middlewares (``coalesce.asgi``, ``coalesce.wsgi``) are thin drivers over this
-module and the core's groups. Nothing here does I/O: it validates the options, says
-which request headers join a request's key, and decides, from a response's status and
-headers, whether it may go to a client it was not made for (H1, H2) and whether the
-micro-cache may keep it (H5).
+Both middlewares (``coalesce.asgi``, ``coalesce.wsgi``) are :class:`Middleware`, the
+frame here, with a driver for their protocol's I/O over the core's groups. Nothing
+here does I/O: it validates the options, says which requests pass straight through
+and which request headers join a request's key, decides from a response's status and
+headers whether it may go to a client it was not made for (H1, H2) and whether the
+micro-cache may keep it (H5), and counts.
 """
 
 from __future__ import annotations
 
 import difflib
+import inspect
 import math
 import re
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, replace
-from typing import Any, Final, Generic, NoReturn, TypeVar
+from typing import Any, ClassVar, Final, Generic, NoReturn, Self, TypeVar
 
+from ._decorator import CacheInfo
+from ._flight import Stats
 from ._seconds import seconds
+from ._store import MISSING, TTLStore
 
 __all__ = (
     "ALWAYS_KEYED",
     "CREDENTIALS",
     "OPTION_NAMES",
+    "Middleware",
     "Options",
     "Reply",
     "Verdict",
@@ -319,3 +325,158 @@ class Reply(Generic[H]):
     def detached(self) -> Reply[H]:
         """This reply without its leader, to keep in the micro-cache."""
         return replace(self, leader=None)
+
+
+# --------------------------------------------------------------------- the frame
+
+App = TypeVar("App")
+Request = TypeVar("Request")
+
+
+class Middleware(Generic[App, Request, H]):
+    """What both middlewares are, apart from their protocol's I/O.
+
+    The constructor and its checks, ``repr()``, ``cache_info()``, which requests pass
+    straight through (H1, H2) and the micro-cache (H5) are written here once. A driver
+    (``coalesce.asgi``, ``coalesce.wsgi``) names itself in ``_OWNER`` and ``_WRAPS``,
+    makes its group in ``_setup()``, reads a request through ``_method()``,
+    ``_inspect()`` and ``_reader()``, and does the receiving and sending.
+    """
+
+    __slots__ = ("_cache", "_options", "_stats", "app")
+
+    _OWNER: ClassVar[str]  # the public name, for messages: coalesce.asgi.CoalesceMiddleware
+    _WRAPS: ClassVar[str]  # what it wraps, for messages: "an ASGI app"
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Self:
+        reject_arguments(cls._OWNER, args, kwargs)
+        return super().__new__(cls)
+
+    def __init__(
+        self,
+        app: App,
+        *,
+        methods: tuple[str, ...] = ("GET", "HEAD"),
+        vary: tuple[str, ...] = (),
+        private: bool = False,
+        max_body: int = 1_048_576,
+        ttl: float | None = None,
+        maxsize: int = 1024,
+        key: Callable[[Request], Hashable | None] | None = None,
+    ) -> None:
+        if not callable(app):
+            raise TypeError(f"{self._OWNER}() wraps {self._WRAPS}, not {type(app).__name__}")
+        self.app = app
+        self._options = options = Options.check(
+            self._OWNER,
+            methods=methods,
+            vary=vary,
+            private=private,
+            max_body=max_body,
+            ttl=ttl,
+            maxsize=maxsize,
+            key=key,
+        )
+        self._cache: TTLStore | None = (
+            None if options.ttl is None else TTLStore(options.ttl, options.maxsize)
+        )
+        self._stats = self._setup()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(app={self.app!r}, {self._options.describe()})"
+
+    @staticmethod
+    def _signature(app: str, request: str) -> inspect.Signature:
+        """The constructor's signature with a driver's own types, for ``help()``,
+        ``inspect.signature()`` and the docs (``__init__`` here has type variables)."""
+        init = inspect.signature(Middleware.__init__)
+        first, *options = list(init.parameters.values())[1:]  # without self
+        *options, key = options
+        return init.replace(
+            parameters=[
+                first.replace(annotation=app),
+                *options,
+                key.replace(annotation=f"Callable[[{request}], Hashable | None] | None"),
+            ],
+            return_annotation=inspect.Signature.empty,
+        )
+
+    def cache_info(self) -> CacheInfo:
+        """The middleware's counters and sizes, as :class:`coalesce.CacheInfo`.
+
+        Only requests that may coalesce are counted (a request that passes straight
+        through is not): ``hits`` were answered from the ``ttl=`` micro-cache;
+        ``misses`` were not, each leading a downstream call or joining one, and
+        ``coalesced`` of them joined a call already running (whether or not its
+        response could then be given to them); ``errors`` counts downstream calls that
+        raised, ``in_flight`` those running now for a shared key; ``currsize`` and
+        ``maxsize`` are the micro-cache's (0 and ``None`` without ``ttl=``).
+        """
+        hits, misses, coalesced, errors, in_flight, *_ = self._stats.snapshot()
+        cache = self._cache
+        if cache is None:
+            return CacheInfo(hits, misses, coalesced, errors, in_flight, 0, None)
+        size = cache.currsize()
+        return CacheInfo(hits, misses, coalesced, errors, in_flight, size, cache.maxsize_info())
+
+    # -- what a driver provides
+
+    def _setup(self) -> Stats:
+        """Make the driver's group (and whatever else it needs); the group's counters."""
+        raise NotImplementedError
+
+    def _method(self, request: Request) -> str:
+        """The request's method."""
+        raise NotImplementedError
+
+    def _inspect(self, request: Request) -> tuple[bool, bool, Hashable]:
+        """``(has a body, carries credentials, where)``; ``where`` is the part of the
+        key that says where the request goes (scheme, host, mount point, path, query)
+        with the values of the keyed headers (:attr:`Options.keyed`)."""
+        raise NotImplementedError
+
+    def _reader(self, request: Request) -> Callable[[str], object]:
+        """``header(name)``: the value(s) the request sent for header ``name``."""
+        raise NotImplementedError
+
+    # -- the rules, written once
+
+    def _key(self, request: Request) -> Hashable | None:
+        """The request's key, or ``None`` when it must pass straight through.
+
+        A method that does not coalesce passes; so does a request with a body (the
+        body is not part of the key), one carrying credentials unless ``private=True``
+        (H2; with it, the credentials are among the keyed headers), and one for which
+        the user's ``key=`` returns ``None``.
+        """
+        options = self._options
+        method = self._method(request)
+        if method not in options.methods:
+            return None
+        body, credentials, where = self._inspect(request)
+        if body or (credentials and not options.private):
+            return None
+        user: Hashable = None
+        if options.key is not None:
+            user = checked_key(self._OWNER, options.key, request)
+            if user is None:
+                return None
+        return (method, where, user)
+
+    def _lookup(self, key: Hashable, request: Request) -> Reply[H] | None:
+        """A response the micro-cache keeps for ``key`` that may go to this request."""
+        cache = self._cache
+        if cache is None:
+            return None
+        hit = cache.lookup(key)
+        if hit is MISSING or not hit.fits(None, self._reader(request)):
+            return None
+        next(self._stats.hits)
+        reply: Reply[H] = hit
+        return reply
+
+    def _keep(self, key: Hashable, reply: Reply[H]) -> None:
+        """Keep ``reply`` in the micro-cache if it may be kept (H5); called by the
+        flight's function, so it is stored before the flight ends (S3)."""
+        if self._cache is not None and reply.verdict.storable:
+            self._cache.save(key, reply.detached())

@@ -24,11 +24,10 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Hashable, MutableMapping
-from typing import Any, Final, Self, TypeAlias
+from typing import Any, Final, TypeAlias
 
-from ._flight import AsyncGroup
-from ._http import CREDENTIALS, Options, Reply, checked_key, judge, reject_arguments
-from ._store import MISSING, TTLStore
+from ._flight import AsyncGroup, Stats
+from ._http import CREDENTIALS, Middleware, Reply, judge
 
 __all__ = ("CoalesceMiddleware",)
 
@@ -40,7 +39,6 @@ ASGIApp: TypeAlias = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _log = logging.getLogger("coalesce.asgi")
 
-_OWNER: Final = "coalesce.asgi.CoalesceMiddleware"
 # Extensions let an app send messages other than the start and body of a response
 # (pathsend, zerocopy, trailers, early hints): the shared call is offered none but tls,
 # so what it sends can be buffered and replayed to any client.
@@ -51,7 +49,7 @@ _Head: TypeAlias = tuple[int, tuple[tuple[bytes, bytes], ...]]
 _Reply: TypeAlias = Reply[_Head]
 
 
-class CoalesceMiddleware:
+class CoalesceMiddleware(Middleware[ASGIApp, Scope, _Head]):
     """Run identical concurrent HTTP requests once; every client gets the response.
 
     :param app: the ASGI app to wrap.
@@ -72,46 +70,19 @@ class CoalesceMiddleware:
     Only ``http`` scopes coalesce; ``lifespan`` and ``websocket`` pass straight through.
     """
 
-    __slots__ = ("_cache", "_group", "_keyed", "_options", "_tasks", "app")
+    __slots__ = ("_group", "_keyed", "_tasks")
 
-    def __new__(cls, *args: Any, **kwargs: Any) -> Self:
-        reject_arguments(_OWNER, args, kwargs)
-        return super().__new__(cls)
+    _OWNER = "coalesce.asgi.CoalesceMiddleware"
+    _WRAPS = "an ASGI app"
+    __signature__ = Middleware._signature(app="ASGIApp", request="Scope")
 
-    def __init__(
-        self,
-        app: ASGIApp,
-        *,
-        methods: tuple[str, ...] = ("GET", "HEAD"),
-        vary: tuple[str, ...] = (),
-        private: bool = False,
-        max_body: int = 1_048_576,
-        ttl: float | None = None,
-        maxsize: int = 1024,
-        key: Callable[[Scope], Hashable | None] | None = None,
-    ) -> None:
-        if not callable(app):
-            raise TypeError(f"{_OWNER}() wraps an ASGI app, not {type(app).__name__}")
-        self.app = app
-        self._options = options = Options.check(
-            _OWNER,
-            methods=methods,
-            vary=vary,
-            private=private,
-            max_body=max_body,
-            ttl=ttl,
-            maxsize=maxsize,
-            key=key,
-        )
-        self._keyed = tuple(name.encode("latin-1") for name in options.keyed)
+    def _setup(self) -> Stats:
+        self._keyed = tuple(name.encode("latin-1") for name in self._options.keyed)
         self._group = AsyncGroup()
-        self._cache = None if options.ttl is None else TTLStore(options.ttl, options.maxsize)
         # Downstream calls whose response is settled but whose app still runs
         # (background work, or streaming to a leader): kept alive until they end.
         self._tasks: set[asyncio.Task[None]] = set()
-
-    def __repr__(self) -> str:
-        return f"CoalesceMiddleware(app={self.app!r}, {self._options.describe()})"
+        return self._group._stats
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -121,22 +92,19 @@ class CoalesceMiddleware:
         if key is None:
             await self.app(scope, receive, send)
             return
-        cache = self._cache
-        if cache is not None:
-            hit = cache.lookup(key)
-            if hit is not MISSING and hit.fits(None, _header_reader(scope)):
-                await _send_reply(send, hit)
-                return
+        hit = self._lookup(key, scope)
+        if hit is not None:
+            await _send_reply(send, hit)
+            return
         await self._coalesce(key, _Client(scope, receive, send))
 
-    # ------------------------------------------------------------------ the key
+    # ---------------------------------------------- the request, as the frame reads it
 
-    def _key(self, scope: Scope) -> Hashable | None:
-        """The request's key, or ``None`` when it must pass straight through."""
-        options = self._options
-        method = scope.get("method", "GET")
-        if method not in options.methods:
-            return None
+    def _method(self, scope: Scope) -> str:
+        method: str = scope.get("method", "GET")
+        return method
+
+    def _inspect(self, scope: Scope) -> tuple[bool, bool, Hashable]:
         keyed = self._keyed
         found: dict[bytes, list[bytes]] = {}
         for name, value in scope.get("headers", ()):
@@ -145,28 +113,21 @@ class CoalesceMiddleware:
             name = bytes(name).lower()
             if name in keyed or name in _BODY_HEADERS or name in _CREDENTIAL_BYTES:
                 found.setdefault(name, []).append(bytes(value))
-        # A request with a body passes: the body is not part of the key.
-        if b"transfer-encoding" in found:
-            return None
-        if any(v.strip() not in (b"", b"0") for v in found.get(b"content-length", ())):
-            return None
-        if not options.private and any(name in found for name in _CREDENTIAL_BYTES):
-            return None
-        user: Hashable = None
-        if options.key is not None:
-            user = checked_key(_OWNER, options.key, scope)
-            if user is None:
-                return None
-        return (
-            method,
+        lengths = found.get(b"content-length", ())
+        body = b"transfer-encoding" in found or any(v.strip() not in (b"", b"0") for v in lengths)
+        credentials = any(name in found for name in _CREDENTIAL_BYTES)
+        where = (
             scope.get("scheme", "http"),
             scope.get("root_path", ""),
             scope.get("path", ""),
             scope.get("raw_path"),
             scope.get("query_string", b""),
             tuple(tuple(found.get(name, ())) for name in keyed),
-            user,
         )
+        return body, credentials, where
+
+    def _reader(self, scope: Scope) -> Callable[[str], object]:
+        return _header_reader(scope)
 
     # ------------------------------------------------------- a client's side
 
@@ -219,8 +180,8 @@ class CoalesceMiddleware:
         except asyncio.CancelledError:
             exchange.stop()  # every client has gone (S7): stop the downstream call
             raise
-        if self._cache is not None and isinstance(outcome, Reply) and outcome.verdict.storable:
-            self._cache.save(key, outcome.detached())  # before the flight ends (S3)
+        if isinstance(outcome, Reply):
+            self._keep(key, outcome)
         return outcome
 
 

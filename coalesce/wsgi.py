@@ -23,11 +23,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from types import TracebackType
-from typing import Any, Final, Protocol, Self, TypeAlias
+from typing import Any, Final, Protocol, TypeAlias
 
-from ._flight import Group
-from ._http import CREDENTIALS, Options, Reply, checked_key, judge, reject_arguments
-from ._store import MISSING, TTLStore
+from ._flight import Group, Stats
+from ._http import CREDENTIALS, Middleware, Reply, judge
 
 __all__ = ("CoalesceMiddleware",)
 
@@ -50,8 +49,6 @@ class StartResponse(Protocol):
 
 WSGIApp: TypeAlias = Callable[[Environ, StartResponse], Iterable[bytes]]
 
-_OWNER: Final = "coalesce.wsgi.CoalesceMiddleware"
-
 _Head: TypeAlias = tuple[str, tuple[tuple[str, str], ...]]
 _Reply: TypeAlias = Reply[_Head]
 
@@ -67,7 +64,7 @@ def _environ_name(header: str) -> str:
 _CREDENTIAL_KEYS: Final = (*(_environ_name(name) for name in CREDENTIALS), "REMOTE_USER")
 
 
-class CoalesceMiddleware:
+class CoalesceMiddleware(Middleware[WSGIApp, Environ, _Head]):
     """Run identical concurrent HTTP requests once; every client gets the response.
 
     :param app: the WSGI app to wrap.
@@ -89,53 +86,24 @@ class CoalesceMiddleware:
     key wait in their own threads while the first one's thread runs the app.
     """
 
-    __slots__ = ("_cache", "_group", "_keyed", "_options", "app")
+    __slots__ = ("_group", "_keyed")
 
-    def __new__(cls, *args: Any, **kwargs: Any) -> Self:
-        reject_arguments(_OWNER, args, kwargs)
-        return super().__new__(cls)
+    _OWNER = "coalesce.wsgi.CoalesceMiddleware"
+    _WRAPS = "a WSGI app"
+    __signature__ = Middleware._signature(app="WSGIApp", request="Environ")
 
-    def __init__(
-        self,
-        app: WSGIApp,
-        *,
-        methods: tuple[str, ...] = ("GET", "HEAD"),
-        vary: tuple[str, ...] = (),
-        private: bool = False,
-        max_body: int = 1_048_576,
-        ttl: float | None = None,
-        maxsize: int = 1024,
-        key: Callable[[Environ], Hashable | None] | None = None,
-    ) -> None:
-        if not callable(app):
-            raise TypeError(f"{_OWNER}() wraps a WSGI app, not {type(app).__name__}")
-        self.app = app
-        self._options = options = Options.check(
-            _OWNER,
-            methods=methods,
-            vary=vary,
-            private=private,
-            max_body=max_body,
-            ttl=ttl,
-            maxsize=maxsize,
-            key=key,
-        )
-        self._keyed = tuple(_environ_name(name) for name in options.keyed)
+    def _setup(self) -> Stats:
+        self._keyed = tuple(_environ_name(name) for name in self._options.keyed)
         self._group = Group()
-        self._cache = None if options.ttl is None else TTLStore(options.ttl, options.maxsize)
-
-    def __repr__(self) -> str:
-        return f"CoalesceMiddleware(app={self.app!r}, {self._options.describe()})"
+        return self._group._stats
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         key = self._key(environ)
         if key is None:
             return self.app(environ, start_response)
-        cache = self._cache
-        if cache is not None:
-            hit = cache.lookup(key)
-            if hit is not MISSING and hit.fits(None, _header_reader(environ)):
-                return _give(hit, start_response)
+        hit = self._lookup(key, environ)
+        if hit is not None:
+            return _give(hit, start_response)
         client = _Client(environ, start_response)
         outcome, _ = self._group.do_shared(key, self._execute, key, client)
         if isinstance(outcome, _Overflow):
@@ -148,26 +116,17 @@ class CoalesceMiddleware:
             return _give(outcome, start_response)
         return self.app(environ, start_response)
 
-    def _key(self, environ: Environ) -> Hashable | None:
-        """The request's key, or ``None`` when it must pass straight through."""
-        options = self._options
-        method = environ.get("REQUEST_METHOD", "GET")
-        if method not in options.methods:
-            return None
-        # A request with a body passes: the body is not part of the key.
-        if environ.get("HTTP_TRANSFER_ENCODING"):
-            return None
-        if str(environ.get("CONTENT_LENGTH") or "").strip() not in ("", "0"):
-            return None
-        if not options.private and any(environ.get(name) for name in _CREDENTIAL_KEYS):
-            return None
-        user: Hashable = None
-        if options.key is not None:
-            user = checked_key(_OWNER, options.key, environ)
-            if user is None:
-                return None
-        return (
-            method,
+    # -- the request, as the frame reads it
+
+    def _method(self, environ: Environ) -> str:
+        method: str = environ.get("REQUEST_METHOD", "GET")
+        return method
+
+    def _inspect(self, environ: Environ) -> tuple[bool, bool, Hashable]:
+        length = str(environ.get("CONTENT_LENGTH") or "").strip()
+        body = bool(environ.get("HTTP_TRANSFER_ENCODING")) or length not in ("", "0")
+        credentials = any(environ.get(name) for name in _CREDENTIAL_KEYS)
+        where = (
             environ.get("wsgi.url_scheme", "http"),
             environ.get("SERVER_NAME"),
             environ.get("SERVER_PORT"),
@@ -175,10 +134,13 @@ class CoalesceMiddleware:
             environ.get("PATH_INFO", ""),
             environ.get("QUERY_STRING", ""),
             environ.get("RAW_URI", environ.get("REQUEST_URI")),
-            environ.get("REMOTE_USER") if options.private else None,
+            environ.get("REMOTE_USER") if self._options.private else None,
             tuple(environ.get(name) for name in self._keyed),
-            user,
         )
+        return body, credentials, where
+
+    def _reader(self, environ: Environ) -> Callable[[str], object]:
+        return _header_reader(environ)
 
     def _execute(self, key: Hashable, client: _Client) -> _Reply | _Overflow:
         """The flight's function: run the app for the leader's request, settle a reply.
@@ -207,8 +169,7 @@ class CoalesceMiddleware:
             if not handed_off:
                 _close(result)
         reply = capture.reply()
-        if self._cache is not None and reply.verdict.storable:
-            self._cache.save(key, reply.detached())  # before the flight ends (S3)
+        self._keep(key, reply)
         return reply
 
 

@@ -69,7 +69,8 @@ class Probe:
         """Block until ``predicate()`` holds, re-checking it (bounded).
 
         For states that have no event of their own, such as how many requests have
-        joined a flight of a ``Group``: it re-checks, it never guesses a duration.
+        joined a flight (``cache_info().coalesced``): it re-checks, it never guesses a
+        duration.
         """
         with self._cond:
             deadline = time.monotonic() + WAIT
@@ -100,8 +101,8 @@ def _wake(future: asyncio.Future[None]) -> None:
 
 
 def joined(middleware: Any) -> int:
-    """How many requests have joined a flight already running (the group's counter)."""
-    coalesced: int = middleware._group._stats.snapshot()[2]
+    """How many requests have joined a downstream call already running (``coalesced``)."""
+    coalesced: int = middleware.cache_info().coalesced
     return coalesced
 
 

@@ -50,7 +50,7 @@ def serving(handler: Handler, probe: Probe, **options: Any) -> Iterator[str]:
     middleware = CoalesceMiddleware(handler, **options)
     with serve_asgi(count_asgi(middleware, probe)) as url:
         yield url
-    assert len(middleware._group) == 0
+    assert middleware.cache_info().in_flight == 0
 
 
 def header(scope: Scope, name: bytes) -> str:

@@ -52,7 +52,7 @@ def serving(app: App, served: Served, threads: int = 16, **options: Any) -> Iter
     middleware = served.middleware = CoalesceMiddleware(app, **options)
     with serve_wsgi(count_wsgi(middleware, served.probe), threads=threads) as url:
         yield url
-    assert len(middleware._group) == 0
+    assert middleware.cache_info().in_flight == 0
 
 
 async def gather_gets(url: str, requests: list[dict[str, Any]]) -> list[httpx.Response]:
