@@ -4,147 +4,205 @@
 # with the function's own parameters (``def wrapper(user_id, /, *, verbose=_sf_d1)``).
 # Python then binds each call itself, at C speed: defaults are applied, keyword order
 # stops mattering, and a call that does not fit raises the TypeError the function
-# would. The key (S4) is a plain tuple display of those parameters, one slot per
-# parameter in declaration order. Where the signature cannot be read, or the key is
-# the user's callable, the wrapper takes ``*args, **kwargs`` and the key plan instead.
+# would. The key (S4, the rule is in _keys.py) is then an expression over those
+# parameters, a tuple display or a single name. Where there is nothing to bind to (a
+# key callable, which gets the arguments as given, or a signature that cannot be
+# read) the wrapper takes ``*args, **kwargs``.
 #
-# The same source also bakes in every choice made once (STYLE habit 2): the store's
-# lookup block (none, the built-in TTL store read without a lock, or a user's mapping
-# under its guard), the ``early=`` check, sync or async. What the wrapper refers to
-# (the store's dict, the group's ``_call``, the hit counter) are the compiled code's
-# globals, read as fast as closure cells, with no cells to copy into each call.
+# The same key expression, over the same parameters, is compiled into ``cache_key()``
+# (which ``invalidate()`` and ``forget()`` use too) and into ``slots()`` for the
+# unhashable-argument error: every path binds a call the same way, and a wrong call
+# raises Python's own TypeError, in the same words, from each of them.
+#
+# The source also bakes in every choice made when decorating (STYLE habit 2): sync or
+# async, the store's lookup block (none, the built-in TTL store read without a lock, or
+# a user's mapping under its guard) and the ``early=`` check. Everything the source
+# names (the store's dict, the group's ``_call``, the hit counter, even ``next``) is a
+# global of the compiled code, read as fast as a closure cell, with no cells to copy
+# into each call, and prefixed (``_sf_``) so that no parameter can hide it.
 #
 # A hit is then: bind, build the key, one dict lookup, one clock read, one counter
-# step, return. Everything else (a miss, joining a flight, errors) is one call into
-# the function's group (_flight.py), which stores into the store (_store.py).
-"""The generated wrappers (the hot path) and the key source they are built from."""
+# step, return. Anything else (a miss, joining a flight, an error) is one call into
+# the function's group (_flight.py), which stores the outcome in the store (_store.py).
+"""The generated wrappers (the hot path), ``cache_key()`` and the source they share."""
 
 from __future__ import annotations
 
 import builtins
 import functools
 import inspect
+import itertools
 import time as _time
-from collections.abc import Callable, Sequence
-from typing import Any, Final
+from collections.abc import Callable, Hashable
+from typing import Any, Final, NamedTuple
 
 from ._flight import AsyncGroup, Describe, Group
-from ._keys import KeyPlan, qualname
-from ._pinned import any, callable, enumerate, isinstance, len
+from ._keys import KeyPlan, describe_unhashable, raw_key, typed_key
+from ._pinned import any, enumerate, isinstance, len, next, sorted
 from ._store import FRESH, FRESH_WALL, MISSING, VALUE, MappingStore, Store, TTLStore
 
 # The builtins the generated source may reach, as they were at import (see _pinned).
 _IMPORT_TIME_BUILTINS: Final = dict(builtins.__dict__)
 
-__all__ = ("KeySource", "compile_wrapper", "key_source")
+__all__ = ("Compiled", "KeySource", "compile_wrapper", "key_source")
 
 _EMPTY: Final = inspect.Parameter.empty
 _POSITIONAL: Final = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+_NO_KWARGS: Final[dict[str, Any]] = {}
 
-# Builtins the wrapper's source uses (see _WRAPPER).
-_TEMPLATE_NAMES: Final = frozenset({"next", "tuple", "sorted", "KeyError", "TypeError"})
+# The builtins the source uses, as prefixed globals: a parameter named ``next`` or
+# ``tuple`` must not change what the wrapper calls.
+_BUILTINS: Final = {
+    "_sf_next": next,
+    "_sf_tuple": tuple,
+    "_sf_sorted": sorted,
+    "_sf_KeyError": KeyError,
+    "_sf_TypeError": TypeError,
+}
+
+
+def _display(items: list[str]) -> str:
+    """A tuple display of ``items``."""
+    return f"({', '.join(items)},)" if items else "()"
 
 
 class KeySource:
-    """Python source for a wrapper with the function's own signature.
+    """Python source for binding a call and building its key (see the opening comment).
 
-    A wrapper compiled with the same parameters as the function lets Python do the
-    binding (defaults, keywords, errors) at C speed; the key is then a tuple display
-    of the parameters, equal to what :class:`KeyPlan` builds for the same call.
+    ``globals`` are the names the expressions use, with the ``_sf_`` prefix still
+    unrenamed (see ``_prefix``); the expressions already use the chosen prefix.
     """
 
-    __slots__ = ("args", "defaults", "key", "kwargs", "params")
+    __slots__ = ("args", "globals", "key", "kwargs", "params", "slots")
 
     def __init__(
-        self, params: str, defaults: dict[str, Any], key: str, args: str, kwargs: str
+        self,
+        params: str,
+        globals_: dict[str, Any],
+        key: str,
+        args: str,
+        kwargs: str,
+        slots: str | None,
     ) -> None:
         self.params = params  # "a, b=_sf_d1, /, *rest, k=_sf_d3, **kw"
-        self.defaults = defaults  # {"_sf_d1": <default of b>, ...}
+        self.globals = globals_  # {"_sf_d1": <default of b>, ...}
         self.key = key  # the key expression
         self.args = args  # positional arguments to call the function with, a tuple
         self.kwargs = kwargs  # keyword arguments to call it with, a dict
+        self.slots = slots  # the slots as a list display, or None (nothing to bind)
 
 
-def key_source(func: Callable[..., Any], key: object, typed: bool) -> KeySource | None:
-    """Source for a compiled wrapper, or ``None`` where the generic wrapper must serve.
+def _prefix(plan: KeyPlan) -> str:
+    """``_sf_``, unless a parameter's name starts with it: then ``_sf1_``, ``_sf2_``, ..."""
+    names = tuple(plan.signature.parameters) if plan.signature is not None else ()
+    for prefix in itertools.chain(("_sf_",), (f"_sf{i}_" for i in itertools.count(1))):
+        if not any(name.startswith(prefix) for name in names):
+            return prefix
+    raise AssertionError("unreachable")  # pragma: no cover
 
-    Covers the default key and keys by parameter name, untyped; a key callable,
-    ``typed=True`` and unreadable signatures use the generic ``*args`` wrapper.
-    """
-    if typed or (key is not None and not isinstance(key, str | Sequence)) or callable(key):
-        return None
-    try:
-        sig = inspect.signature(func)
-    except (TypeError, ValueError):
-        return None
-    params = list(sig.parameters.values())
-    if any(p.name.startswith("_sf_") or p.name in _TEMPLATE_NAMES for p in params):
-        return None  # a parameter would hide a name the wrapper's source uses
+
+def key_source(plan: KeyPlan, prefix: str = "_sf_") -> KeySource:
+    """The source of ``plan`` (see ``_keys.py`` for the rule it renders)."""
+    p = prefix
+    if plan.signature is None:
+        if plan.user_key is not None:
+            return KeySource(
+                "*args, **kwargs",
+                {"_sf_user_key": plan.user_key},
+                f"{p}user_key(*args, **kwargs)",
+                "args",
+                "kwargs",
+                None,
+            )
+        return KeySource(
+            "*args, **kwargs",
+            {"_sf_raw_key": raw_key(plan.typed)},
+            f"{p}raw_key(args, kwargs)",
+            "args",
+            "kwargs",
+            None,
+        )
+    params = list(plan.signature.parameters.values())
     parts: list[str] = []
-    defaults: dict[str, Any] = {}
+    names: dict[str, Any] = {}
     slot_exprs: list[str] = []
     positional: list[str] = []
     keywords: list[str] = []
     seen_star = False
-    for i, p in enumerate(params):
+    for i, param in enumerate(params):
+        name = param.name
         default = ""
-        if p.default is not _EMPTY:
-            defaults[f"_sf_d{i}"] = p.default
-            default = f"=_sf_d{i}"
-        if p.kind is inspect.Parameter.POSITIONAL_ONLY:
-            parts.append(p.name + default)
+        if param.default is not _EMPTY:
+            names[f"_sf_d{i}"] = param.default
+            default = f"={p}d{i}"
+        if param.kind is inspect.Parameter.POSITIONAL_ONLY:
+            parts.append(name + default)
             if i + 1 == len(params) or params[i + 1].kind is not inspect.Parameter.POSITIONAL_ONLY:
                 parts.append("/")
-            slot_exprs.append(p.name)
-            positional.append(p.name)
-        elif p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD:
-            parts.append(p.name + default)
-            slot_exprs.append(p.name)
-            positional.append(p.name)
-        elif p.kind is inspect.Parameter.VAR_POSITIONAL:
-            parts.append("*" + p.name)
+            slot_exprs.append(name)
+            positional.append(name)
+        elif param.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD:
+            parts.append(name + default)
+            slot_exprs.append(name)
+            positional.append(name)
+        elif param.kind is inspect.Parameter.VAR_POSITIONAL:
+            parts.append("*" + name)
             seen_star = True
-            slot_exprs.append(p.name)
-            positional.append("*" + p.name)
-        elif p.kind is inspect.Parameter.KEYWORD_ONLY:
+            slot_exprs.append(name)
+            positional.append("*" + name)
+        elif param.kind is inspect.Parameter.KEYWORD_ONLY:
             if not seen_star:
                 parts.append("*")
                 seen_star = True
-            parts.append(p.name + default)
-            slot_exprs.append(p.name)
-            keywords.append(f"{p.name!r}: {p.name}")
+            parts.append(name + default)
+            slot_exprs.append(name)
+            keywords.append(f"{name!r}: {name}")
         else:
-            parts.append("**" + p.name)
-            slot_exprs.append(f"tuple(sorted({p.name}.items()))")
-            keywords.append("**" + p.name)
-    args = f"({', '.join(positional)},)" if positional else "()"
-    kwargs = "{" + ", ".join(keywords) + "}"
-    if key is None:
-        single = len(params) == 1 and params[0].kind in _POSITIONAL
-        key_expr = (
-            slot_exprs[0] if single else f"({', '.join(slot_exprs)},)" if slot_exprs else "()"
-        )
+            parts.append("**" + name)
+            slot_exprs.append(f"{p}tuple({p}sorted({name}.items()))")
+            keywords.append("**" + name)
+    if plan.chosen is None:
+        if plan.typed:
+            key = f"{p}typed({_display(slot_exprs)})"
+        elif len(params) == 1 and params[0].kind in _POSITIONAL:
+            key = slot_exprs[0]  # one parameter: its value is the key, as in lru_cache
+        else:
+            key = _display(slot_exprs)
     else:
-        chosen = (key,) if isinstance(key, str) else tuple(key)
-        names = [p.name for p in params]
-        if not chosen or any(not isinstance(k, str) or k not in names for k in chosen):
-            return None  # plan_key raises the error that explains it
-        picked = [slot_exprs[names.index(k)] for k in chosen]
-        key_expr = picked[0] if isinstance(key, str) else f"({', '.join(picked)},)"
-    return KeySource(", ".join(parts), defaults, key_expr, args, kwargs)
+        order = [param.name for param in params]
+        picked = [slot_exprs[order.index(name)] for name in plan.chosen]
+        key = picked[0] if plan.single else _display(picked)
+        if plan.typed:
+            key = f"{p}typed({key})"
+    if plan.typed:
+        names["_sf_typed"] = typed_key(plan)
+    return KeySource(
+        ", ".join(parts),
+        names,
+        key,
+        _display(positional),
+        "{" + ", ".join(keywords) + "}",
+        "[" + ", ".join(slot_exprs) + "]",
+    )
 
 
-_NO_KWARGS: Final[dict[str, Any]] = {}
-
-# The wrapper is compiled from this source, specialised when decorating: with the
-# function's own parameters where they can be read (so Python itself binds the call
-# and the key is a tuple display), else with ``*args, **kwargs`` and the key plan.
-# One source serves ``def`` and ``async def``; the store decides the lookup block.
+# The wrapper and cache_key() are compiled from this source, one source for ``def``
+# and ``async def``; the store decides the lookup block. (``{p}`` is the prefix.)
 _WRAPPER = """\
-{kind}def {name}({params}):
+{kind}def wrapper({params}):
     _sf_key = {key}
 {lookup}
 {call}
+
+
+def cache_key({params}):
+    return {key}
+"""
+
+_SLOTS = """
+
+def slots({params}):
+    return {slots}
 """
 
 _SYNC_CALL = """\
@@ -154,7 +212,7 @@ _SYNC_CALL = """\
 # coroutine to await.
 _ASYNC_CALL = """\
     _sf_out = _sf_call(_sf_key, _sf_run, {args}, {kwargs}, _sf_store)
-    if _sf_out.__class__ is not tuple:
+    if _sf_out.__class__ is not _sf_tuple:
         _sf_out = await _sf_out
     return _sf_out[0]"""
 
@@ -162,6 +220,9 @@ _ASYNC_CALL = """\
 _EARLY = """
             if _sf_early(_sf_entry):
                 _sf_refresh(_sf_key, _sf_run, {args}, {kwargs})"""
+
+# The wall clock too, when time-machine is loaded: it moves only that one (TTLStore).
+_WALL = " and _sf_entry[{fresh_wall}] > _sf_time.time()"
 
 _LOOKUPS = {
     "none": "",
@@ -171,13 +232,13 @@ _LOOKUPS = {
     "ttl": """\
     try:
         _sf_entry = _sf_data[_sf_key]
-    except KeyError:
+    except _sf_KeyError:
         pass
-    except TypeError:
+    except _sf_TypeError:
         raise _sf_describe(_sf_key, {args}, {kwargs}) from None
     else:
         if _sf_entry[{fresh}] > _sf_time.monotonic(){wall}:
-            next(_sf_hits){early}
+            _sf_next(_sf_hits){early}
             return _sf_entry[{value}]
 """,
     # A user's mapping: only under its guard (S17).
@@ -186,36 +247,51 @@ _LOOKUPS = {
     _sf_lock.acquire()
     try:
         _sf_value = _sf_mapping[_sf_key]
-    except KeyError:
+    except _sf_KeyError:
         _sf_value = _sf_MISSING
-    except TypeError:
+    except _sf_TypeError:
         raise _sf_describe(_sf_key, {args}, {kwargs}) from None
     finally:
         _sf_lock.release()
     if _sf_value is not _sf_MISSING:
-        next(_sf_hits)
+        _sf_next(_sf_hits)
         return _sf_value
 """,
 }
 
 
+class Compiled(NamedTuple):
+    """What ``compile_wrapper`` makes for one decorated function."""
+
+    wrapper: Callable[..., Any]
+    cache_key: Callable[..., Hashable]
+    describe: Describe
+
+
 def compile_wrapper(
-    func: Callable[..., Any],
+    plan: KeyPlan,
     run: Callable[..., Any],
     keyed: bool,
     is_async: bool,
-    plan: KeyPlan,
-    source: KeySource | None,
     group: Group | AsyncGroup,
     store: Store | None,
-    describe: Describe,
-) -> Callable[..., Any]:
-    """Build the wrapper: see ``_WRAPPER``."""
+) -> Compiled:
+    """Build the wrapper, ``cache_key()`` and the unhashable-key error: see ``_WRAPPER``.
+
+    ``run`` is what a miss executes; ``keyed``: it takes the key first (a backend).
+    """
+    p = _prefix(plan)
+
+    def ours(template: str) -> str:
+        return template if p == "_sf_" else template.replace("_sf_", p)
+
+    source = key_source(plan, p)
     namespace: dict[str, Any] = {
+        **_BUILTINS,
+        **source.globals,
         "_sf_call": group._call,
         "_sf_run": run,
         "_sf_store": store,
-        "_sf_describe": describe,
         "_sf_hits": group._stats.hits,
         "_sf_time": _time,
         "_sf_MISSING": MISSING,
@@ -226,45 +302,45 @@ def compile_wrapper(
         kind = "ttl"
         namespace["_sf_data"] = store.data
         if store.dual:
-            # time-machine is loaded: it moves only the wall clock (see TTLStore).
-            wall = f" and _sf_entry[{FRESH_WALL}] > _sf_time.time()"
+            wall = ours(_WALL).format(fresh_wall=FRESH_WALL)
         if store.early:
             namespace["_sf_early"] = store.refresh_early
             namespace["_sf_refresh"] = functools.partial(group._refresh, store=store)
-            early = _EARLY
+            early = ours(_EARLY)
     elif isinstance(store, MappingStore):
         kind = "mapping"
         namespace["_sf_mapping"] = store.mapping
         namespace["_sf_guard"] = store.guard
     else:
         kind = "none"
-    if source is not None:
-        params, key, args, kwargs = source.params, source.key, source.args, source.kwargs
-        namespace.update(source.defaults)
-    else:
-        namespace["_sf_n"] = plan.fast_nargs
-        namespace["_sf_make_key"] = plan.make
-        params, args, kwargs = "*args, **kwargs", "args", "kwargs"
-        key = "args if not kwargs and len(args) == _sf_n else _sf_make_key(args, kwargs)"
+    args, kwargs = source.args, source.kwargs
     if kwargs == "{}":
-        kwargs = "_sf_nokw"  # never changed by anyone: no dict to build per call
-    call_args = f"(_sf_key, *{args})" if keyed else args
+        kwargs = f"{p}nokw"  # never changed by anyone: no dict to build per call
+    call_args = f"({p}key, *{args})" if keyed else args
     early = early.format(args=call_args, kwargs=kwargs)
-    name = "wrapper"
-    text = _WRAPPER.format(
+    text = ours(_WRAPPER).format(
         kind="async " if is_async else "",
-        name=name,
-        params=params,
-        key=key,
-        lookup=_LOOKUPS[kind].format(
+        params=source.params,
+        key=source.key,
+        lookup=ours(_LOOKUPS[kind]).format(
             args=args, kwargs=kwargs, wall=wall, early=early, fresh=FRESH, value=VALUE
         ),
-        call=(_ASYNC_CALL if is_async else _SYNC_CALL).format(args=call_args, kwargs=kwargs),
+        call=ours(_ASYNC_CALL if is_async else _SYNC_CALL).format(args=call_args, kwargs=kwargs),
     )
-    code = compile(text, f"<singleflight wrapper of {qualname(func)}>", "exec")
-    # The names are the wrapper's globals: read as fast as closure cells, and with
-    # no cells to copy into every call's frame.
+    if source.slots is not None:
+        text += _SLOTS.format(params=source.params, slots=source.slots)
+    code = compile(text, f"<singleflight wrapper of {plan.name}>", "exec")
+    # Every key of the namespace is ours: give each the chosen prefix.
+    namespace = {p + k[4:] if k.startswith("_sf_") else k: v for k, v in namespace.items()}
     namespace["__builtins__"] = _IMPORT_TIME_BUILTINS  # never a user's replacement
     exec(code, namespace)
-    wrapper: Callable[..., Any] = namespace[name]
-    return wrapper
+    slots: Callable[..., list[Any]] | None = namespace.get("slots")
+    describe: Describe = functools.partial(describe_unhashable, plan, slots)
+    namespace[p + "describe"] = describe  # read by the wrapper when a key is unhashable
+    cache_key: Callable[..., Hashable] = namespace["cache_key"]
+    # Named as the function: a wrong call then raises the words the wrapper raises.
+    cache_key.__qualname__ = plan.name
+    cache_key.__doc__ = "The key these arguments map to."
+    if slots is not None:
+        slots.__qualname__ = plan.name
+    return Compiled(namespace["wrapper"], cache_key, describe)

@@ -28,9 +28,9 @@ from typing import (
 )
 
 from ._backend import AsyncBinding, Backend, Binding, bind_async, bind_sync, check_backend
-from ._compile import compile_wrapper, key_source
-from ._flight import AsyncGroup, Describe, Group, Stats
-from ._keys import KeyPlan, check_key_callable, describe_unhashable, plan_key, qualname
+from ._compile import Compiled, compile_wrapper
+from ._flight import AsyncGroup, Group, Stats
+from ._keys import check_key_callable, plan_key, qualname
 from ._pinned import callable, getattr, hash, isinstance, iter, len, next
 from ._seconds import seconds
 from ._store import MappingStore, Store, TTLStore, TTLView
@@ -550,12 +550,6 @@ def _build(func: Callable[..., Any], options: _Options) -> Any:
     is_async = _is_async(func)
     plan = plan_key(func, options.key, options.typed)  # type: ignore[arg-type]
     group: Group | AsyncGroup = AsyncGroup() if is_async else Group()
-
-    def describe(key: object, args: tuple[Any, ...], kwargs: dict[str, Any]) -> TypeError:
-        return describe_unhashable(func, plan, key, args, kwargs)
-
-    group._describe = describe
-
     name = qualname(func)
     bound: Binding | None = None
     abound: AsyncBinding | None = None
@@ -593,10 +587,11 @@ def _build(func: Callable[..., Any], options: _Options) -> Any:
     else:
         store = None
 
-    source = key_source(func, options.key, options.typed)  # type: ignore[arg-type]
-    wrapper = compile_wrapper(func, run, keyed, is_async, plan, source, group, store, describe)
+    compiled = compile_wrapper(plan, run, keyed, is_async, group, store)
+    group._describe = compiled.describe
+    wrapper = compiled.wrapper
     functools.update_wrapper(wrapper, func)
-    _attach(wrapper, plan, group, store, describe, bound, abound, is_async)
+    _attach(wrapper, compiled, group, store, bound, abound, is_async)
     return wrapper
 
 
@@ -620,22 +615,17 @@ def _through_async_binding(func: Callable[..., Any], bound: AsyncBinding) -> Cal
 
 def _attach(
     wrapper: Any,
-    plan: KeyPlan,
+    compiled: Compiled,
     group: Group | AsyncGroup,
     store: Store | None,
-    describe: Describe,
     bound: Binding | None,
     abound: AsyncBinding | None,
     is_async: bool,
 ) -> None:
     """Give the wrapper its helpers: ``cache``, ``cache_key()``, ``cache_info()``, ..."""
-    n = plan.fast_nargs
-    make_key = plan.make
+    cache_key = compiled.cache_key  # the wrapper's own binding and key (_compile.py)
+    describe = compiled.describe
     stats: Stats = group._stats
-
-    def cache_key(*args: Any, **kwargs: Any) -> Hashable:
-        """The key these arguments map to."""
-        return args if not kwargs and len(args) == n else make_key(args, kwargs)
 
     def checked_key(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Hashable:
         key = cache_key(*args, **kwargs)

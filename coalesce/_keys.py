@@ -1,25 +1,34 @@
-"""Key building (S4): which calls count as the same call.
+"""Key building (S4): which calls count as the same call, decided once per function.
 
-The default key is the call's arguments bound to the function's parameters, defaults
-applied, one slot per parameter in declaration order: ``f(1)``, ``f(x=1)`` and
-``f(1, y=<default>)`` all give the same tuple. When every argument comes
-positionally and the function has only plain positional parameters, that tuple is
-simply ``args``: the wrapper uses it as it is, with no call into this module.
+The rule, for every path that turns arguments into a key (the wrapper, ``cache_key()``,
+``invalidate()``, ``forget()``, and the unhashable-argument error):
 
-Everything here is decided once, when decorating; the per-call functions are small
-closures with no option checks left in them.
+- the call is bound to the function's parameters, defaults applied, giving one slot
+  per parameter in declaration order: a ``*args`` parameter's slot is the tuple of
+  extra positional arguments, a ``**kwargs`` parameter's slot the sorted tuple of
+  extra keyword items. So ``f(1)``, ``f(x=1)`` and ``f(1, y=<default>)`` bind alike;
+- the default key is the tuple of every slot, or, for a function of one plain
+  positional parameter, that slot's value itself (as ``lru_cache`` does);
+- ``key="name"`` is that slot's value; ``key=("a", "b")`` the tuple of those slots;
+- ``typed=True`` pairs that key with the types of its values (:func:`typed_key`);
+- a key callable's key is what it returns for the call's arguments, as given;
+- where the signature cannot be read there is nothing to bind to: the key is the
+  raw arguments (:func:`raw_key`).
+
+This module decides the plan and checks the options; ``_compile.py`` turns the plan
+into Python source with the function's own parameters, so that Python itself binds
+every call, the same way on every path: a call that does not fit raises the same
+``TypeError`` from the wrapper and from ``cache_key()``.
 """
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Hashable, Sequence
-from operator import itemgetter
 from typing import Any, Final
 
 from ._pinned import (
     all,
-    any,
     callable,
     enumerate,
     getattr,
@@ -27,57 +36,63 @@ from ._pinned import (
     isinstance,
     len,
     map,
-    max,
     repr,
     sorted,
-    sum,
     zip,
 )
 
-__all__ = ("KeyPlan", "check_key_callable", "describe_unhashable", "plan_key", "qualname")
+__all__ = (
+    "KeyPlan",
+    "check_key_callable",
+    "describe_unhashable",
+    "plan_key",
+    "qualname",
+    "raw_key",
+    "typed_key",
+)
 
-_EMPTY: Final = inspect.Parameter.empty
-_POSITIONAL: Final = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
 
-
-class _Missing:
+class _Mark:
     __slots__ = ()
 
     def __repr__(self) -> str:
-        return "<missing>"
+        return "<keywords>"
 
 
-_MISSING: Final = _Missing()
+_EMPTY: Final = inspect.Parameter.empty
+
 # Marks where keyword arguments start in a key built without a signature; private, so
 # no argument value can be equal to it.
-_KWMARK: Final = _Missing()
+_KWMARK: Final = _Mark()
 
 MakeKey = Callable[[tuple[Any, ...], dict[str, Any]], Hashable]
 
 
 class KeyPlan:
-    """How one decorated function turns a call into a key.
+    """What identifies a call of one decorated function (see the module's rule).
 
-    ``fast_nargs`` is the number of positional arguments for which ``args`` itself is
-    the key (no keyword arguments given); -1 when that shortcut never applies.
-    ``make`` builds the key for every other call.
+    ``signature`` is what calls bind to, or ``None`` (a key callable, or a signature
+    that cannot be read); ``chosen`` the parameter names of ``key=`` (``None``: all);
+    ``single`` whether ``key=`` was one name (the key is that value, not a tuple).
     """
 
-    __slots__ = ("fast_nargs", "make", "slot_names", "slots", "user_key")
+    __slots__ = ("chosen", "name", "signature", "single", "typed", "user_key")
 
     def __init__(
         self,
-        make: MakeKey,
-        fast_nargs: int,
-        slots: Callable[[tuple[Any, ...], dict[str, Any]], list[Any]] | None,
-        slot_names: tuple[str, ...],
+        name: str,
+        signature: inspect.Signature | None,
         *,
-        user_key: bool = False,
+        chosen: tuple[str, ...] | None = None,
+        single: bool = False,
+        typed: bool = False,
+        user_key: Callable[..., Hashable] | None = None,
     ) -> None:
-        self.make = make
-        self.fast_nargs = fast_nargs
-        self.slots = slots
-        self.slot_names = slot_names
+        self.name = name
+        self.signature = signature
+        self.chosen = chosen
+        self.single = single
+        self.typed = typed
         self.user_key = user_key
 
 
@@ -85,91 +100,94 @@ def qualname(func: Callable[..., Any]) -> str:
     return getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or repr(func)
 
 
-def _binder(
-    func: Callable[..., Any], sig: inspect.Signature
-) -> Callable[[tuple[Any, ...], dict[str, Any]], list[Any]]:
-    """Build ``slots(args, kwargs)``: one value per parameter, defaults applied.
-
-    A ``*args`` parameter's slot is the tuple of extra positional arguments; a
-    ``**kwargs`` parameter's slot is the sorted tuple of extra keyword items. Calls
-    that do not bind raise the ``TypeError`` the call itself would.
-    """
-    params = list(sig.parameters.values())
-    pos = [p for p in params if p.kind in _POSITIONAL]
-    npos = len(pos)
-    n_posonly = sum(1 for p in pos if p.kind is inspect.Parameter.POSITIONAL_ONLY)
-    pos_names = tuple(p.name for p in pos)
-    pos_defaults = tuple(_MISSING if p.default is _EMPTY else p.default for p in pos)
-    kwonly = tuple(
-        (p.name, _MISSING if p.default is _EMPTY else p.default)
-        for p in params
-        if p.kind is inspect.Parameter.KEYWORD_ONLY
-    )
-    varpos = any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params)
-    varkw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
-    name = qualname(func)
-
-    def fail(args: tuple[Any, ...], kwargs: dict[str, Any]) -> TypeError:
-        try:
-            sig.bind(*args, **kwargs)
-        except TypeError as exc:
-            return TypeError(f"{name}(): {exc}")
-        return TypeError(f"{name}(): these arguments do not bind to its signature {sig}")
-
-    def slots(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Any]:
-        nargs = len(args)
-        if nargs > npos:
-            if not varpos:
-                raise fail(args, kwargs)
-            values = list(args[:npos])
-        else:
-            values = list(args)
-        kw = dict(kwargs) if kwargs else None
-        if kw:
-            for i in range(n_posonly, len(values)):
-                if pos_names[i] in kw:
-                    raise fail(args, kwargs)
-            for i in range(len(values), npos):
-                if i >= n_posonly and pos_names[i] in kw:
-                    values.append(kw.pop(pos_names[i]))
-                elif pos_defaults[i] is _MISSING:
-                    raise fail(args, kwargs)
-                else:
-                    values.append(pos_defaults[i])
-        else:
-            for i in range(len(values), npos):
-                if pos_defaults[i] is _MISSING:
-                    raise fail(args, kwargs)
-                values.append(pos_defaults[i])
-        if varpos:
-            values.append(args[npos:])
-        for kwname, default in kwonly:
-            if kw and kwname in kw:
-                values.append(kw.pop(kwname))
-            elif default is _MISSING:
-                raise fail(args, kwargs)
-            else:
-                values.append(default)
-        if varkw:
-            values.append(tuple(sorted(kw.items())) if kw else ())
-        elif kw:
-            raise fail(args, kwargs)
-        return values
-
-    return slots
-
-
 def _typed(values: Sequence[Any]) -> tuple[type, ...]:
     return tuple(type(v) for v in values)
 
 
-def _plan_without_signature(func: Callable[..., Any], key: object, typed: bool) -> KeyPlan:
-    """Key from the raw arguments, for callables whose signature cannot be read."""
-    if key is not None:
+def plan_key(func: Callable[..., Any], key: object, typed: bool) -> KeyPlan:
+    """Decide, once, how calls of ``func`` become keys (see SPEC section 1, ``key``)."""
+    name = qualname(func)
+    if typed not in (True, False):
+        raise TypeError(f"typed must be True or False, not {typed!r}")
+    if callable(key):
+        if typed:
+            raise TypeError(
+                f"typed=True has no effect with a key callable ({name}); "
+                "put the types into the key the callable returns instead"
+            )
+        return KeyPlan(name, None, user_key=key)
+    try:
+        sig = inspect.signature(func)
+    except (TypeError, ValueError):
+        if key is not None:
+            raise TypeError(
+                f"key={key!r} names parameters, but the signature of {name} "
+                "cannot be read; pass a key callable instead"
+            ) from None
+        return KeyPlan(name, None, typed=typed)
+    if key is None:
+        return KeyPlan(name, sig, typed=typed)
+    if isinstance(key, str):
+        chosen: tuple[str, ...] = (key,)
+    elif isinstance(key, Sequence) and all(isinstance(k, str) for k in key):
+        chosen = tuple(key)
+        if not chosen:
+            raise ValueError(
+                f"key=() names no parameter of {name}(); name at least one, or pass a key callable"
+            )
+    else:
         raise TypeError(
-            f"key={key!r} names parameters, but the signature of {qualname(func)} "
-            "cannot be read; pass a key callable instead"
+            f"key must be None, a parameter name, a sequence of parameter names or a "
+            f"callable, not {type(key).__name__} ({key!r})"
         )
+    names = tuple(sig.parameters)
+    unknown = [k for k in chosen if k not in sig.parameters]
+    if unknown:
+        raise TypeError(
+            f"key names {', '.join(map(repr, unknown))}, which "
+            f"{'is not a parameter' if len(unknown) == 1 else 'are not parameters'} of "
+            f"{name}{sig}; choose from {', '.join(map(repr, names)) or 'none'}"
+        )
+    return KeyPlan(name, sig, chosen=chosen, single=isinstance(key, str), typed=typed)
+
+
+def typed_key(plan: KeyPlan) -> Callable[[Any], Hashable]:
+    """``typed=True``: from the untyped key's value(s), the key paired with their types.
+
+    For the default key the values are every slot, then the items a ``*args`` slot
+    holds, then the values a ``**kwargs`` slot holds, so ``f(1)`` and ``f(1.0)``
+    differ however the argument came.
+    """
+    if plan.chosen is not None:
+        if plan.single:
+
+            def typed_one(value: Any) -> Hashable:
+                return (value, type(value))
+
+            return typed_one
+
+        def typed_names(values: tuple[Any, ...]) -> Hashable:
+            return (values, _typed(values))
+
+        return typed_names
+    assert plan.signature is not None
+    kinds = [p.kind for p in plan.signature.parameters.values()]
+    varpos = [i for i, kind in enumerate(kinds) if kind is inspect.Parameter.VAR_POSITIONAL]
+    varkw = [i for i, kind in enumerate(kinds) if kind is inspect.Parameter.VAR_KEYWORD]
+
+    def typed_all(values: tuple[Any, ...]) -> Hashable:
+        flat = list(values)
+        for i in varpos:
+            flat.extend(values[i])
+        for i in varkw:
+            flat.extend(v for _, v in values[i])
+        return (values, _typed(flat))
+
+    return typed_all
+
+
+def raw_key(typed: bool) -> MakeKey:
+    """The key where there is no signature to bind to: the arguments as given."""
 
     def make(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Hashable:
         k: tuple[Any, ...] = args
@@ -179,153 +197,35 @@ def _plan_without_signature(func: Callable[..., Any], key: object, typed: bool) 
             return (k, _typed(args), _typed(list(kwargs.values())))
         return k
 
-    return KeyPlan(make, -1, None, ())
-
-
-def plan_key(func: Callable[..., Any], key: object, typed: bool) -> KeyPlan:
-    """Decide, once, how calls of ``func`` become keys (see SPEC section 1, ``key``)."""
-    if typed not in (True, False):
-        raise TypeError(f"typed must be True or False, not {typed!r}")
-    if callable(key):
-        if typed:
-            raise TypeError(
-                f"typed=True has no effect with a key callable ({qualname(func)}); "
-                "put the types into the key the callable returns instead"
-            )
-        user_key = key
-
-        def make_user(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Hashable:
-            result: Hashable = user_key(*args, **kwargs)
-            return result
-
-        return KeyPlan(make_user, -1, None, (), user_key=True)
-
-    try:
-        sig = inspect.signature(func)
-    except (TypeError, ValueError):
-        return _plan_without_signature(func, key, typed)
-
-    slots = _binder(func, sig)
-    names = tuple(sig.parameters)
-    params = list(sig.parameters.values())
-    kinds = [p.kind for p in params]
-    simple = all(kind in _POSITIONAL for kind in kinds)
-
-    if key is None:
-        if typed:
-
-            def make_typed(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Hashable:
-                values = slots(args, kwargs)
-                flat = list(values)
-                for i, kind in enumerate(kinds):
-                    if kind is inspect.Parameter.VAR_POSITIONAL:
-                        flat.extend(values[i])
-                    elif kind is inspect.Parameter.VAR_KEYWORD:
-                        flat.extend(v for _, v in values[i])
-                return (tuple(values), _typed(flat))
-
-            return KeyPlan(make_typed, -1, slots, names)
-
-        if simple and len(params) == 1:
-            # One parameter: its value is the key, as lru_cache does for one argument;
-            # no tuple to build or hash on the hit path.
-            def make_single(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Hashable:
-                value: Hashable = slots(args, kwargs)[0]
-                return value
-
-            return KeyPlan(make_single, -1, slots, names)
-
-        def make_default(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Hashable:
-            return tuple(slots(args, kwargs))
-
-        return KeyPlan(make_default, len(params) if simple else -1, slots, names)
-
-    if isinstance(key, str):
-        chosen: tuple[str, ...] = (key,)
-        single = True
-    elif isinstance(key, Sequence) and all(isinstance(k, str) for k in key):
-        chosen = tuple(key)
-        single = False
-        if not chosen:
-            raise ValueError(
-                f"key=() names no parameter of {qualname(func)}(); name at least one, "
-                "or pass a key callable"
-            )
-    else:
-        raise TypeError(
-            f"key must be None, a parameter name, a sequence of parameter names or a "
-            f"callable, not {type(key).__name__} ({key!r})"
-        )
-    unknown = [k for k in chosen if k not in sig.parameters]
-    if unknown:
-        raise TypeError(
-            f"key names {', '.join(map(repr, unknown))}, which "
-            f"{'is not a parameter' if len(unknown) == 1 else 'are not parameters'} of "
-            f"{qualname(func)}{sig}; choose from {', '.join(map(repr, names)) or 'none'}"
-        )
-    index = tuple(names.index(k) for k in chosen)
-    pick: Callable[[Sequence[Any]], Any]
-    if single or len(index) > 1:
-        pick = itemgetter(*index)
-    else:
-        # A sequence of one name is still a sequence: the key is a 1-tuple, as the
-        # compiled wrapper builds it (itemgetter of one index would give the value).
-        only = index[0]
-
-        def pick(values: Sequence[Any]) -> tuple[Any]:
-            return (values[only],)
-
-    if typed:
-
-        def make_named_typed(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Hashable:
-            picked = pick(slots(args, kwargs))
-            return (picked, type(picked)) if single else (picked, _typed(picked))
-
-        return KeyPlan(make_named_typed, -1, slots, names)
-
-    # Fast path: the named parameters all came positionally and the call binds
-    # without help (no keywords, no missing required argument, not too many).
-    required = sum(1 for p in params if p.kind in _POSITIONAL and p.default is _EMPTY)
-    npos = sum(1 for kind in kinds if kind in _POSITIONAL)
-    kwonly_required = any(
-        p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is _EMPTY for p in params
-    )
-    has_varpos = inspect.Parameter.VAR_POSITIONAL in kinds
-    lo = max(required, max(index) + 1)
-    hi = 1 << 30 if has_varpos else npos
-    fast = max(index) < npos and not kwonly_required
-
-    def make_named(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Hashable:
-        if fast and not kwargs and lo <= len(args) <= hi:
-            result: Hashable = pick(args)
-            return result
-        picked: Hashable = pick(slots(args, kwargs))
-        return picked
-
-    return KeyPlan(make_named, -1, slots, names)
+    return make
 
 
 def describe_unhashable(
-    func: Callable[..., Any],
     plan: KeyPlan,
+    slots: Callable[..., list[Any]] | None,
     key: object,
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
 ) -> TypeError:
-    """The error for a key that cannot be hashed, naming the argument and the fix."""
-    name = qualname(func)
-    if plan.user_key:
+    """The error for a key that cannot be hashed, naming the argument and the fix.
+
+    ``slots`` binds a call as the key does and gives the slots (see ``_compile.py``).
+    """
+    name = plan.name
+    if plan.user_key is not None:
         return TypeError(
             f"the key function of {name}() returned an unhashable "
             f"{type(key).__name__} ({key!r}); return a hashable value such as a tuple or str"
         )
     culprit = None
-    if plan.slots is not None:
+    if slots is not None and plan.signature is not None:
         try:
-            values = plan.slots(args, kwargs)
+            values = slots(*args, **kwargs)
         except TypeError:
             values = []
-        for pname, value in zip(plan.slot_names, values, strict=False):
+        for pname, value in zip(plan.signature.parameters, values, strict=False):
+            if plan.chosen is not None and pname not in plan.chosen:
+                continue  # not part of the key: it may be unhashable
             try:
                 hash(value)
             except TypeError:
