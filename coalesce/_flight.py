@@ -144,6 +144,32 @@ def _log_failure(store: Store, exc: BaseException, rescued: bool, background: bo
         )
 
 
+def _unmark(store: Store, key: Hashable) -> None:
+    """Take the tombstone of ``key`` away, even when the key's ``__eq__`` fails."""
+    try:
+        store.unmark(key)
+    except Exception:
+        store.scrub(key)
+
+
+def _unlisted(flights: dict[Any, Any], flight: object) -> dict[Any, Any]:
+    """``flights`` without ``flight``, found by identity (its key cannot be trusted).
+
+    Only used when the key's ``__hash__`` or ``__eq__`` failed or its hash changed:
+    the other flights are listed again; one whose key cannot be (its own key is
+    broken too) is dropped from the registry, as ``forget`` would.
+    """
+    kept: dict[Any, Any] = {}
+    for fkey, other in list(flights.items()):
+        if other is flight:
+            continue
+        try:
+            kept[fkey] = other
+        except Exception:
+            other.listed = False
+    return kept
+
+
 def _settle(
     store: Store | None,
     stats: Stats,
@@ -166,24 +192,50 @@ def _settle(
         return ok, value
     if ok:
         if flight.discard:
-            store.unmark(key)
+            _unmark(store, key)
             return ok, value
         try:
             store.save(key, value, flight.started, flight)
             return ok, value
         except Exception as exc:
-            ok, value = False, exc
-    store.unmark(key)
+            # The function succeeded; keeping its result failed (cache_if, a ttl
+            # callable, the key's __eq__ raised). That is not the function's error:
+            # its callers get it, it is logged, and nothing is kept (F4).
+            _unmark(store, key)
+            next(stats.errors)
+            _log.error(
+                "coalesce: %s() returned, but storing its result failed (%s: %s); "
+                "its callers get this error and nothing is kept",
+                store.name,
+                type(exc).__name__,
+                exc,
+                exc_info=exc,
+            )
+            return False, exc
+    _unmark(store, key)
     if isinstance(value, asyncio.CancelledError):
         return ok, value
     next(stats.errors)
     if isinstance(value, Exception):
-        rescued = store.rescue(key)
+        try:
+            rescued = store.rescue(key)
+        except Exception:
+            rescued = MISSING  # the key's __eq__ raised: no old result to serve
         _log_failure(store, value, rescued is not MISSING, flight.background)
         if rescued is not MISSING:
             return True, rescued
         if not flight.discard and not flight.background:
-            store.save_error(key, value)
+            try:
+                store.save_error(key, value)
+            except Exception as exc:
+                _log.error(
+                    "coalesce: %s() failed, and keeping its error failed too (%s: %s); "
+                    "its callers get the function's error and nothing is kept",
+                    store.name,
+                    type(exc).__name__,
+                    exc,
+                    exc_info=exc,
+                )
     return ok, value
 
 
@@ -294,6 +346,7 @@ class _Flight:
     __slots__ = (
         "background",
         "discard",
+        "listed",
         "lock",
         "owner",
         "started",
@@ -315,6 +368,7 @@ class _Flight:
         self.waiting = 0  # callers blocked on the lock right now
         self.takers = 1  # callers that will receive this outcome
         self.discard = False  # do not store the result (forgotten or invalidated)
+        self.listed = False  # in the group's registry
 
 
 class Group:
@@ -360,7 +414,24 @@ class Group:
             flight = self._flights.pop(key, None)
             if flight is not None:
                 flight.discard = True
+                flight.listed = False
         return flight is not None
+
+    def _unlist(self, key: Hashable, flight: _Flight) -> None:
+        """Take ``flight`` out of the registry (locked), whatever its key does."""
+        if not flight.listed:
+            return
+        flight.listed = False
+        flights = self._flights
+        try:
+            if flights.get(key) is flight:
+                del flights[key]
+                return
+        except Exception:
+            pass
+        # The key's __hash__ or __eq__ raised, or its hash changed since the flight
+        # was listed: find the flight by identity, so nobody ever joins it again.
+        self._flights = _unlisted(flights, flight)
 
     def _discard(self, key: Hashable) -> None:
         """Detach the execution in flight for ``key`` (S18), as :meth:`forget` does.
@@ -376,6 +447,7 @@ class Group:
         with self._lock:
             for flight in self._flights.values():
                 flight.discard = True
+                flight.listed = False
             self._flights.clear()
 
     def __contains__(self, key: object) -> bool:
@@ -415,12 +487,21 @@ class Group:
                 value, stale = _consult(store, stats, key, flight)
                 if value is not MISSING:
                     if stale and flight is None:
-                        refresh = self._flights[key] = self._background_flight()
+                        refresh = self._background_flight()
+                        self._flights[key] = refresh
+                        refresh.listed = True
+                        self._count_background()
                     return value, None
             if flight is None:
-                flight = self._flights[key] = _Flight(me)
+                flight = _Flight(me)
+                self._flights[key] = flight  # a key whose __eq__ raises: nothing listed
+                flight.listed = True
                 if store is not None:
-                    store.mark(key)
+                    try:
+                        store.mark(key)
+                    except BaseException:
+                        self._unlist(key, flight)
+                        raise
                 leader = True
             elif flight.owner == me:
                 raise ReentrantCallError(
@@ -449,9 +530,12 @@ class Group:
         flight = _Flight(0)
         flight.background = True
         flight.takers = 0
+        return flight
+
+    def _count_background(self) -> None:
+        """A background flight is listed: it counts as started (and in flight)."""
         next(self._stats.started)
         next(self._stats.refreshes)
-        return flight
 
     def _refresh(
         self,
@@ -465,7 +549,10 @@ class Group:
         with self._lock:
             if key in self._flights:
                 return
-            flight = self._flights[key] = self._background_flight()
+            flight = self._background_flight()
+            self._flights[key] = flight
+            flight.listed = True
+            self._count_background()
         self._start_background(key, flight, fn, args, kwargs, store)
 
     def _start_background(
@@ -519,7 +606,7 @@ class Group:
             ok, value = _settle(store, self._stats, key, flight, False, exc)
         except BaseException:
             if store is not None:
-                store.unmark(key)
+                _unmark(store, key)
             self._abort(key, flight)
             raise
         else:
@@ -533,8 +620,7 @@ class Group:
 
     def _land(self, key: Hashable, flight: _Flight) -> None:
         with self._lock:
-            if self._flights.get(key) is flight:
-                del self._flights[key]
+            self._unlist(key, flight)
             waiters = flight.lock  # nobody can join once it has left the registry
         next(self._stats.ended)
         if waiters is not None:
@@ -551,8 +637,7 @@ class Group:
                 flight.owner = 0
             else:
                 flight.state = _ABANDONED
-                if self._flights.get(key) is flight:
-                    del self._flights[key]
+                self._unlist(key, flight)
             waiters = flight.lock
         next(self._stats.ended)
         if waiters is not None:
@@ -579,8 +664,7 @@ class Group:
                 flight.takers -= 1
                 if flight.state == _HANDOFF and not flight.waiting:
                     flight.state = _ABANDONED
-                    if self._flights.get(key) is flight:
-                        del self._flights[key]
+                    self._unlist(key, flight)
             raise
         with self._lock:
             flight.waiting -= 1
@@ -608,7 +692,17 @@ _current_task = asyncio.current_task
 class _AsyncFlight:
     """One execution of one key in one event loop, and the futures of its callers."""
 
-    __slots__ = ("background", "discard", "started", "state", "takers", "task", "value", "waiters")
+    __slots__ = (
+        "background",
+        "discard",
+        "listed",
+        "started",
+        "state",
+        "takers",
+        "task",
+        "value",
+        "waiters",
+    )
 
     def __init__(self) -> None:
         self.background = False  # a refresh nobody waits for (F1, F2)
@@ -619,6 +713,7 @@ class _AsyncFlight:
         self.waiters: dict[asyncio.Future[Any], None] | None = None
         self.takers = 1
         self.discard = False
+        self.listed = False  # in the group's registry
 
 
 _FlightKey = tuple[asyncio.AbstractEventLoop, Hashable]
@@ -698,10 +793,20 @@ class AsyncGroup:
         registered in between, which would let a second leader of that key start (V4).
         """
         with self._lock:
-            if self._flights.get(fkey) is flight:
-                del self._flights[fkey]
-                return True
-            return False
+            if not flight.listed:
+                return False
+            flight.listed = False
+            flights = self._flights
+            try:
+                if flights.get(fkey) is flight:
+                    del flights[fkey]
+                    return True
+            except Exception:
+                pass
+            # The key's __hash__ or __eq__ raised, or its hash changed since the
+            # flight was listed: find it by identity, so nobody ever joins it again.
+            self._flights = _unlisted(flights, flight)
+            return True
 
     def forget(self, key: Hashable) -> bool:
         """Let later callers of ``key`` start a new execution instead of joining this one."""
@@ -725,6 +830,7 @@ class AsyncGroup:
             except KeyError:
                 break
             flight.discard = True
+            flight.listed = False
 
     def __contains__(self, key: object) -> bool:
         """``key in group``: whether an execution of ``key`` is in flight, in any loop."""
@@ -773,11 +879,17 @@ class AsyncGroup:
             next(stats.coalesced)
             flight.takers += 1
             return self._wait(loop, fkey, flight)
+        flight = _AsyncFlight()
+        flights[fkey] = flight  # a key whose __eq__ raises: nothing listed
+        flight.listed = True
+        if store is not None:
+            try:
+                store.mark(key)
+            except BaseException:
+                self._detach(fkey, flight)
+                raise
         next(stats.misses)
         next(stats.started)
-        flight = flights[fkey] = _AsyncFlight()
-        if store is not None:
-            store.mark(key)
         if store is not None and store.early:
             flight.started = _time.monotonic()
         if _launch(self, loop, fkey, flight, fn, args, kwargs, store):
@@ -800,7 +912,9 @@ class AsyncGroup:
         store: Store,
     ) -> None:
         """A refresh as a task on the caller's loop; the registry keeps it alive."""
-        flight = self._flights[fkey] = _AsyncFlight()
+        flight = _AsyncFlight()
+        self._flights[fkey] = flight
+        flight.listed = True
         flight.background = True
         flight.takers = 0
         if store.early:

@@ -23,13 +23,13 @@ import sys
 import threading
 import time as _time
 import weakref
-from collections import deque
+from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator, MutableMapping
 from types import TracebackType
 from typing import Any, Final
 
 from ._fork import at_fork
-from ._pinned import callable, getattr, id, isinstance, iter, len, max, next, sorted
+from ._pinned import callable, getattr, id, isinstance, iter, len, max, next
 from ._seconds import returned
 
 __all__ = (
@@ -117,6 +117,7 @@ class TTLStore:
         "errors",
         "keep",
         "lock",
+        "marks",
         "maxsize",
         "name",
         "order",
@@ -139,11 +140,15 @@ class TTLStore:
         cache_if: Callable[[Any], object] | None = None,
         dual: bool | None = None,
     ) -> None:
-        # A plain dict: the fastest read there is. The order entries were stored in
-        # is kept beside it, as (key, entry) records; a record whose entry is no
-        # longer the key's current one is stale and skipped.
+        # A plain dict: the fastest read there is. The order results were stored in
+        # is kept beside it (key -> entry, oldest first): a replaced result moves to
+        # the back, an invalidated or evicted one leaves both, so neither keeps a
+        # result (or its key) alive once it is gone from ``data`` (S16).
         self.data: dict[Hashable, Entry] = {}
-        self.order: deque[tuple[Hashable, Entry]] = deque()
+        self.order: OrderedDict[Hashable, Entry] = OrderedDict()
+        # Tombstones in ``data`` (keys being computed, see mark): they are not
+        # results, so neither maxsize nor currsize counts them.
+        self.marks = 0
         self.errors: dict[Hashable, tuple[BaseException, float, float, TracebackType | None]] = {}
         self.ttl = ttl
         self.maxsize = maxsize
@@ -239,38 +244,39 @@ class TTLStore:
         order = self.order
         maxsize = self.maxsize
         with self.lock:
+            old = data.get(key)
             if flight is not None and flight.discard:
-                if data.get(key) is _TOMBSTONE:
+                if old is _TOMBSTONE:
                     del data[key]
+                    self.marks -= 1
                 return
             data[key] = entry
-            order.append((key, entry))
+            if old is _TOMBSTONE:
+                self.marks -= 1
+            elif old is not None:
+                order.pop(key, None)  # the replaced result leaves the order too
+            order[key] = entry
             if self.errors:
                 self.errors.pop(key, None)
-            if callable(self.ttl) and (
-                (maxsize is not None and len(data) > maxsize) or len(order) > 2 * len(data) + 16
-            ):
+            if callable(self.ttl) and maxsize is not None and len(data) - self.marks > maxsize:
                 # Lifetimes differ per result, so what was stored first need not end
                 # first: drop every entry past its windows before evicting a live one.
                 self._drop_expired(mono, wall)
             # The front holds what was stored first, which (one ttl for all) also
-            # ends first: drop stale records, entries past every window and, while
-            # over maxsize, the oldest. Amortised O(1) per save.
+            # ends first: drop entries past every window and, while over maxsize
+            # (results only: keys in flight are not counted), the oldest. Amortised
+            # O(1) per save.
             while order:
-                old_key, old_entry = order[0]
+                old_key, old_entry = next(iter(order.items()))
                 if data.get(old_key) is not old_entry:
-                    order.popleft()
+                    order.popitem(last=False)  # its key's hash changed: not ours to drop
                 elif self._age(old_entry, mono, wall) >= old_entry[TTL] + self.keep or (
-                    maxsize is not None and len(data) > maxsize
+                    maxsize is not None and len(data) - self.marks > maxsize
                 ):
                     del data[old_key]
-                    order.popleft()
+                    order.popitem(last=False)
                 else:
                     break
-            if len(order) > 2 * len(data) + 16:
-                # Many stale records behind the front: rebuild, oldest first.
-                order.clear()
-                order.extend(sorted(data.items(), key=_born))
 
     def mark(self, key: Hashable) -> None:
         """An execution of ``key`` starts: put a tombstone where its result will go.
@@ -279,7 +285,11 @@ class TTLStore:
         on to join the execution) instead of raising ``KeyError``, which costs more
         than the rest of the lookup. Every other reader sees no result there.
         """
-        self.data.setdefault(key, _TOMBSTONE)
+        data = self.data
+        with self.lock:
+            if key not in data:
+                data[key] = _TOMBSTONE
+                self.marks += 1
 
     def unmark(self, key: Hashable) -> None:
         """The execution of ``key`` stored nothing: take its tombstone away."""
@@ -288,6 +298,28 @@ class TTLStore:
             with self.lock:
                 if data.get(key) is _TOMBSTONE:
                     del data[key]
+                    self.marks -= 1
+
+    def scrub(self, key: Hashable) -> None:
+        """Take the tombstone of ``key`` away when its ``__eq__`` or ``__hash__`` fails.
+
+        The tombstone is found by identity and the dict rebuilt in place (other keys
+        are stored again). Only a key that breaks Python's hash contract comes here.
+        """
+        data = self.data
+        with self.lock:
+            kept = [(k, e) for k, e in list(data.items()) if not (k is key and e is _TOMBSTONE)]
+            if len(kept) == len(data):
+                return
+            data.clear()
+            marks = 0
+            for k, e in kept:
+                try:
+                    data[k] = e
+                except Exception:
+                    continue  # a broken key of another flight: its result is not kept
+                marks += e is _TOMBSTONE
+            self.marks = marks
 
     def save_error(self, key: Hashable, error: BaseException) -> None:
         """Keep ``error`` for ``error_ttl`` (F4), if that option is on.
@@ -315,9 +347,11 @@ class TTLStore:
     def _drop_expired(self, mono: float, wall: float) -> None:
         """Drop every entry past all its windows, and every expired kept error (locked)."""
         data = self.data
+        order = self.order
         for key, entry in list(data.items()):
-            if self._age(entry, mono, wall) >= entry[TTL] + self.keep:
+            if entry is not _TOMBSTONE and self._age(entry, mono, wall) >= entry[TTL] + self.keep:
                 del data[key]
+                order.pop(key, None)
         errors = self.errors
         for key, kept in list(errors.items()):
             if kept[1] <= mono or (self.dual and kept[2] <= wall):
@@ -327,6 +361,10 @@ class TTLStore:
         """Drop the result (and kept error) for ``key``; ``True`` if one could still serve."""
         with self.lock:
             entry = self.data.pop(key, None)
+            if entry is _TOMBSTONE:
+                self.marks -= 1
+            elif entry is not None:
+                self.order.pop(key, None)
             self.errors.pop(key, None)
         if entry is None:
             return False
@@ -338,6 +376,7 @@ class TTLStore:
             self.data.clear()
             self.order.clear()
             self.errors.clear()
+            self.marks = 0
 
     def _purge(self) -> None:
         """Drop every entry past all its windows."""
@@ -348,14 +387,10 @@ class TTLStore:
     def currsize(self) -> int:
         """Results kept now: entries past every window are dropped first."""
         self._purge()
-        return len(self.data)
+        return len(self.data) - self.marks
 
     def maxsize_info(self) -> int | None:
         return self.maxsize
-
-
-def _born(item: tuple[Hashable, Entry]) -> float:
-    return item[1][BORN]
 
 
 class TTLView(MutableMapping[Hashable, Any]):
@@ -467,6 +502,9 @@ class MappingStore:
         return MISSING
 
     def save_error(self, key: Hashable, error: BaseException) -> None:
+        pass
+
+    def scrub(self, key: Hashable) -> None:
         pass
 
     def mark(self, key: Hashable) -> None:
