@@ -27,6 +27,7 @@ import time as _time
 from collections.abc import Awaitable, Callable, Coroutine, Hashable
 from typing import Any, Final, NamedTuple, ParamSpec, TypeVar
 
+from . import _fork
 from ._errors import ReentrantCallError
 from ._fork import at_fork
 from ._pinned import getattr, hash, isinstance, len, next, zip
@@ -346,6 +347,7 @@ class _Flight:
     __slots__ = (
         "background",
         "discard",
+        "epoch",
         "listed",
         "lock",
         "owner",
@@ -368,6 +370,7 @@ class _Flight:
         self.waiting = 0  # callers blocked on the lock right now
         self.takers = 1  # callers that will receive this outcome
         self.discard = False  # do not store the result (forgotten or invalidated)
+        self.epoch = _fork.epoch  # started in this process, not in a parent (S14)
         self.listed = False  # in the group's registry
 
 
@@ -622,7 +625,8 @@ class Group:
         with self._lock:
             self._unlist(key, flight)
             waiters = flight.lock  # nobody can join once it has left the registry
-        next(self._stats.ended)
+        if flight.epoch == _fork.epoch:  # a parent's execution was never counted here
+            next(self._stats.ended)
         if waiters is not None:
             waiters.release()  # wakes this key's first waiter, which wakes the next
 
@@ -639,7 +643,8 @@ class Group:
                 flight.state = _ABANDONED
                 self._unlist(key, flight)
             waiters = flight.lock
-        next(self._stats.ended)
+        if flight.epoch == _fork.epoch:  # a parent's execution was never counted here
+            next(self._stats.ended)
         if waiters is not None:
             waiters.release()
 
@@ -695,6 +700,7 @@ class _AsyncFlight:
     __slots__ = (
         "background",
         "discard",
+        "epoch",
         "listed",
         "started",
         "state",
@@ -713,6 +719,7 @@ class _AsyncFlight:
         self.waiters: dict[asyncio.Future[Any], None] | None = None
         self.takers = 1
         self.discard = False
+        self.epoch = _fork.epoch  # started in this process, not in a parent (S14)
         self.listed = False  # in the group's registry
 
 
@@ -978,7 +985,8 @@ class AsyncGroup:
             flight.state = _FAILED
         flight.value = value
         self._detach(fkey, flight)
-        next(self._stats.ended)
+        if flight.epoch == _fork.epoch:  # a parent's execution was never counted here
+            next(self._stats.ended)
         waiters = flight.waiters
         if not waiters:
             return

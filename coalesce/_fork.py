@@ -19,6 +19,10 @@ class _ForkAware(Protocol):
 
 _registry: weakref.WeakSet[_ForkAware] = weakref.WeakSet()
 
+epoch = 0
+"""How many forks this process descends from: an execution started in an earlier
+epoch belongs to a parent, and its end is not counted here (``in_flight``, S12)."""
+
 
 def at_fork(obj: _ForkAware) -> None:
     """Call ``obj._after_fork()`` in every child forked after this."""
@@ -26,6 +30,8 @@ def at_fork(obj: _ForkAware) -> None:
 
 
 def _reset_in_child() -> None:
+    global epoch
+    epoch += 1
     for obj in list(_registry):
         obj._after_fork()
 

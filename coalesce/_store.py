@@ -459,11 +459,27 @@ class _Guard:
 # id(mapping) -> guard. Each MappingStore keeps its mapping and its guard alive, so an
 # id is only reused after every store of the old mapping, and so its guard, is gone.
 _guards: weakref.WeakValueDictionary[int, _Guard] = weakref.WeakValueDictionary()
-_guards_lock = threading.Lock()
+
+
+class _GuardRegistry:
+    """The lock of ``_guards``, replaced in a forked child (S14): a thread of the
+    parent may have held it at the fork, and would never release it there."""
+
+    __slots__ = ("__weakref__", "lock")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        at_fork(self)
+
+    def _after_fork(self) -> None:
+        self.lock = threading.Lock()
+
+
+_guard_registry = _GuardRegistry()
 
 
 def guard_for(mapping: object) -> _Guard:
-    with _guards_lock:
+    with _guard_registry.lock:
         guard = _guards.get(id(mapping))
         if guard is None:
             guard = _guards[id(mapping)] = _Guard()

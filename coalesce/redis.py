@@ -51,6 +51,7 @@ import redis
 import redis.asyncio
 from redis.exceptions import RedisError
 
+from coalesce._fork import at_fork
 from coalesce._payload import (
     DIGEST_LEN,
     ERROR,
@@ -239,6 +240,7 @@ class RedisBackend:
     """
 
     __slots__ = (
+        "__weakref__",
         "_codec",
         "_down",
         "_lock",
@@ -324,6 +326,11 @@ class RedisBackend:
         self._raise = on_backend_error == "raise"
         self.outage_cooldown = seconds("outage_cooldown", outage_cooldown, zero_is_off=True)
 
+        self._after_fork()
+        at_fork(self)
+
+    def _after_fork(self) -> None:
+        """A fresh lock in a forked child (S14): a parent's thread may have held it."""
         self._lock = threading.Lock()
         self._down = False
         self._retry_at = 0.0
