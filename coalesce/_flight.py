@@ -1,16 +1,28 @@
 """The in-flight registry: one execution per key at a time (S1-S3, S7-S10, S12, S14).
 
-``Group`` (threads) and ``AsyncGroup`` (asyncio) share one shape: a registry of
-flights by key, joined or started under a short critical section; a leader that runs
-the function, stores the result before it leaves the registry (S3, no gap) and then
-hands the outcome to the callers that joined. They differ only in how callers wait:
-a thread blocks on its flight's own lock (so a key's completion wakes only that
-key's waiters, P4); a task awaits its own future (so cancelling one caller never
-touches the others, S7).
+A flight's life, the same in ``Group`` (threads) and ``AsyncGroup`` (asyncio)::
 
-Both also serve the decorator: given a store, a caller that finds no flight looks in
-the store once more inside the critical section (a result may have landed since its
-lock-free miss), and the leader saves into it before the flight is gone.
+    caller A  misses: _call finds no flight for the key, so it creates one,
+              registers it and leads it: runs fn (async: as a task of its own)
+    caller B  misses: _call finds the flight, joins it (takers += 1) and waits
+    fn ends   _end: _outcome keeps what it leaves (stores the result, S3, or counts
+              the error, serves stale_if_error, keeps error_ttl), then the flight
+              leaves the registry and wakes B; A and B get the same object (S1, S2)
+    after     nothing but the stored result (S16): the next call hits, or creates
+              a new flight
+
+Who creates a flight: the first caller to miss, or a refresh (F1, F2: a background
+flight that nobody waits for). Who joins: every caller of an equal key while it is
+registered; ``forget``/``invalidate`` detach it, so later callers create a new one.
+Who ends it: the leading thread, or the execution's own task. Two other endings: a
+thread leader that dies of a ``BaseException`` hands the flight to one waiter (S8,
+``_abort``); when every async caller has gone, the last one cancels the task (S7).
+
+The two groups differ only in how callers wait: a thread blocks on its flight's own
+lock (so a key's completion wakes only that key's waiters, P4); a task awaits its own
+future (so cancelling one caller never touches the others, S7). Given a store, a
+caller that finds no flight looks in the store once more inside the critical section
+(a result may have been stored since its lock-free miss).
 """
 
 from __future__ import annotations
@@ -171,7 +183,7 @@ def _unlisted(flights: dict[Any, Any], flight: object) -> dict[Any, Any]:
     return kept
 
 
-def _settle(
+def _outcome(
     store: Store | None,
     stats: Stats,
     key: Hashable,
@@ -247,7 +259,7 @@ def _consult(store: Store, stats: Stats, key: Hashable, flight: object | None) -
     its ttl and a refresh should run behind it, F1), or ``(MISSING, False)``.
     A kept error is raised (F4).
     """
-    if flight is not None and not store.refreshes:
+    if flight is not None and not store.can_refresh:
         # A flight is running, so there is no fresh result: only a refresh (stale=,
         # early=) runs beside a usable one.
         return MISSING, False
@@ -362,7 +374,7 @@ class _Flight:
         self.background = False  # a refresh nobody waits for (F1, F2)
         self.started = 0.0  # when it began, for early= (F2)
         # Made by the first caller to join, already acquired on the leader's behalf;
-        # the leader releases it when it lands. A call nobody joins needs no lock.
+        # the leader releases it when the execution ends. A call nobody joins needs no lock.
         self.lock: threading.Lock | None = None
         self.owner = owner  # thread running it, for S9
         self.state = _RUNNING
@@ -606,22 +618,25 @@ class Group:
         try:
             value = fn(*args, **kwargs)
         except Exception as exc:
-            ok, value = _settle(store, self._stats, key, flight, False, exc)
+            ok, value = self._end(key, flight, store, False, exc)
         except BaseException:
             if store is not None:
                 _unmark(store, key)
             self._abort(key, flight)
             raise
         else:
-            ok, value = _settle(store, self._stats, key, flight, True, value)
-        flight.value = value
-        flight.state = _DONE if ok else _FAILED
-        self._land(key, flight)
+            ok, value = self._end(key, flight, store, True, value)
         if not ok:
             raise value
         return value
 
-    def _land(self, key: Hashable, flight: _Flight) -> None:
+    def _end(
+        self, key: Hashable, flight: _Flight, store: Store | None, ok: bool, value: Any
+    ) -> tuple[bool, Any]:
+        """The execution ended: keep its outcome (S3), leave the registry, wake the waiters."""
+        ok, value = _outcome(store, self._stats, key, flight, ok, value)
+        flight.value = value
+        flight.state = _DONE if ok else _FAILED
         with self._lock:
             self._unlist(key, flight)
             waiters = flight.lock  # nobody can join once it has left the registry
@@ -629,6 +644,7 @@ class Group:
             next(self._stats.ended)
         if waiters is not None:
             waiters.release()  # wakes this key's first waiter, which wakes the next
+        return ok, value
 
     def _abort(self, key: Hashable, flight: _Flight) -> None:
         """S8: the leader ended with a BaseException; hand the run to a waiter."""
@@ -928,14 +944,14 @@ class AsyncGroup:
             flight.started = _time.monotonic()
         next(self._stats.started)
         next(self._stats.refreshes)
-        flight.task = loop.create_task(self._settle(fkey, flight, fn, args, kwargs, store))
+        flight.task = loop.create_task(self._execute(fkey, flight, fn, args, kwargs, store))
 
     def _unstarted(
         self, fkey: _FlightKey, flight: _AsyncFlight, store: Store | None, task: object
     ) -> None:
-        """3.11: a task cancelled before its first step never ran ``_settle``; end its flight."""
+        """3.11: a task cancelled before its first step never ran ``_execute``; end its flight."""
         if flight.state == _RUNNING:
-            self._finish(fkey, flight, store, False, asyncio.CancelledError())
+            self._end(fkey, flight, store, False, asyncio.CancelledError())
 
     def _refresh(
         self,
@@ -951,7 +967,7 @@ class AsyncGroup:
         if fkey not in self._flights:
             self._start_background(loop, fkey, fn, args, kwargs, store)
 
-    async def _settle(
+    async def _execute(
         self,
         fkey: _FlightKey,
         flight: _AsyncFlight,
@@ -960,23 +976,23 @@ class AsyncGroup:
         kwargs: dict[str, Any],
         store: Store | None,
     ) -> None:
-        """The execution task's coroutine: await the work, then settle the flight."""
+        """The execution task's coroutine: await the work, then end the flight."""
         if flight.task is None:
             flight.task = _current_task(fkey[0])  # an eager task, still being made (3.12+)
         try:
             value = await fn(*args, **kwargs)
         except BaseException as exc:
-            self._finish(fkey, flight, store, False, exc)
+            self._end(fkey, flight, store, False, exc)
             if not isinstance(exc, Exception):
                 raise  # cancellation, KeyboardInterrupt, SystemExit: the task sees it too
         else:
-            self._finish(fkey, flight, store, True, value)
+            self._end(fkey, flight, store, True, value)
 
-    def _finish(
+    def _end(
         self, fkey: _FlightKey, flight: _AsyncFlight, store: Store | None, ok: bool, value: Any
     ) -> None:
-        """Store the result (S3), leave the registry, and wake every waiting caller."""
-        ok, value = _settle(store, self._stats, fkey[1], flight, ok, value)
+        """The execution ended: keep its outcome (S3), leave the registry, wake the waiters."""
+        ok, value = _outcome(store, self._stats, fkey[1], flight, ok, value)
         if ok:
             flight.state = _DONE
         elif isinstance(value, asyncio.CancelledError):
@@ -1043,7 +1059,7 @@ def _launch(
     store: Store | None,
 ) -> bool:
     """Start the execution's task; ``True`` if it finished in its first step (3.12+)."""
-    coro = group._settle(fkey, flight, fn, args, kwargs, store)
+    coro = group._execute(fkey, flight, fn, args, kwargs, store)
     task = _Task(coro, loop=loop, context=contextvars.copy_context(), **_EAGER)
     if task.done():
         return True

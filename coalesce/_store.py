@@ -1,18 +1,23 @@
-"""Where results live and when they expire (S3, S6, S13, S17).
+"""Where results live and when they expire (S3, S6, S13, S17, S19, section 3).
 
-Two stores share one small interface (``lookup``, ``save``, ``invalidate``,
-``clear``, ``currsize``, ``maxsize``):
+Two stores share one interface: ``lookup``, ``save``, ``invalidate``, ``clear``,
+``currsize``, ``maxsize_info``; ``mark``/``unmark``/``scrub`` (a key being computed); and for
+the freshness options ``stale_value``, ``rescue``, ``save_error`` and ``can_refresh``.
 
-- ``TTLStore``, the built-in one: a plain ``dict`` of ``key -> (value, expires_at)``.
-  Hits read it without a lock (one dictionary lookup and one clock read, S6); every
-  write holds the store's lock. Entries are kept in the order they were stored and,
-  since a function's ``ttl`` is one number, that is also the order they expire in: the
-  store evicts from the front, expired entries first, then the oldest.
+- ``TTLStore``, the built-in one: a plain ``dict`` of ``key -> entry``, an entry being a
+  tuple whose fields are named below (``VALUE``, ``FRESH``, ...). Hits read it without
+  a lock (one dictionary lookup and one clock read, S6); every write holds the store's
+  lock. Entries are also kept in the order they were stored: with one ``ttl`` for
+  every result that is the order they expire in, so the store evicts from the front,
+  expired entries first, then the oldest past ``maxsize``; with a ``ttl`` callable
+  (lifetimes differ per result) expired entries are swept before a live one is evicted.
+  Kept errors (``error_ttl=``) are bounded the same way.
 - ``MappingStore`` wraps a mapping the user passed (``cache=``). Every touch holds the
-  one guard that belongs to that mapping, whichever function touches it (S17).
+  one reentrant guard that belongs to that mapping, whichever function touches it
+  (S17, S19); the mapping decides what expires.
 
-Expiry reads ``time.monotonic`` at call time (S13), so freezegun and time-machine
-control it.
+Expiry reads ``time.monotonic`` at call time (S13), so freezegun controls it; while
+time-machine is loaded, the wall clock is read too (see ``wall_clock_too``).
 """
 
 from __future__ import annotations
@@ -110,6 +115,7 @@ class TTLStore:
     __slots__ = (
         "__weakref__",
         "cache_if",
+        "can_refresh",
         "data",
         "dual",
         "early",
@@ -121,7 +127,6 @@ class TTLStore:
         "maxsize",
         "name",
         "order",
-        "refreshes",
         "stale",
         "stale_if_error",
         "ttl",
@@ -159,7 +164,7 @@ class TTLStore:
         self.error_ttl = error_ttl
         self.cache_if = cache_if
         self.keep = max(stale, stale_if_error)  # how long past ttl an entry may serve
-        self.refreshes = bool(stale or early)  # flights may run beside a usable result
+        self.can_refresh = bool(stale or early)  # flights may run beside a usable result
         self.dual = wall_clock_too() if dual is None else dual
         self.lock = threading.Lock()
         at_fork(self)
@@ -497,7 +502,7 @@ class MappingStore:
 
     early = 0.0
     stale = 0.0
-    refreshes = False
+    can_refresh = False
 
     def __init__(
         self,
