@@ -846,14 +846,11 @@ class AsyncGroup:
 
     def _discard_all(self) -> None:
         """Detach every execution in flight, in every loop (S18, ``cache_clear()``)."""
-        flights = self._flights
-        while flights:
-            try:
-                _, flight = flights.popitem()  # atomic: loops in other threads share it
-            except KeyError:
-                break
-            flight.discard = True
-            flight.listed = False
+        with self._lock:  # loops in other threads share the registry (see _detach)
+            for flight in self._flights.values():
+                flight.discard = True
+                flight.listed = False
+            self._flights.clear()
 
     def __contains__(self, key: object) -> bool:
         """``key in group``: whether an execution of ``key`` is in flight, in any loop."""
