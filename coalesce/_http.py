@@ -81,6 +81,41 @@ def reject_arguments(owner: str, args: tuple[Any, ...], kwargs: dict[str, Any]) 
         )
 
 
+def app_kind(app: object) -> str | None:
+    """``"asgi"`` or ``"wsgi"`` when ``app`` can only be that kind of app, else ``None``.
+
+    Conservative, so that a valid app is never refused: an app whose call is a
+    coroutine function (an ``async def``, or an object whose ``__call__`` is one) is an
+    ASGI app, since a WSGI app never is; a plain callable whose signature takes exactly
+    two positional arguments (``environ, start_response``) and not three is a WSGI
+    app. Anything else (an ASGI 2 class taking ``scope``, a callable taking
+    ``*args``, one whose signature cannot be read) is not judged.
+    """
+    call = getattr(type(app), "__call__", None)  # noqa: B004 - the type's own __call__
+    if inspect.iscoroutinefunction(app) or (
+        not inspect.isfunction(app)
+        and not inspect.ismethod(app)
+        and not isinstance(app, type)
+        and inspect.iscoroutinefunction(call)
+    ):
+        return "asgi"
+    try:
+        signature = inspect.signature(app)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    if _binds(signature, 2) and not _binds(signature, 3):
+        return "wsgi"
+    return None
+
+
+def _binds(signature: inspect.Signature, n: int) -> bool:
+    try:
+        signature.bind(*range(n))
+    except TypeError:
+        return False
+    return True
+
+
 def _fail(message: str) -> NoReturn:
     raise TypeError(message)
 
@@ -366,6 +401,17 @@ class Middleware(Generic[App, Request, H]):
     ) -> None:
         if not callable(app):
             raise TypeError(f"{self._OWNER}() wraps {self._WRAPS}, not {type(app).__name__}")
+        kind = app_kind(app)
+        if kind is not None and f".{kind}." not in self._OWNER:
+            what = (
+                "an ASGI app (its call is async)"
+                if kind == "asgi"
+                else "a WSGI app (it takes environ and start_response, and is not async)"
+            )
+            raise TypeError(
+                f"{self._OWNER}() wraps {self._WRAPS}, but {app!r} is {what}: "
+                f"wrap it in coalesce.{kind}.CoalesceMiddleware instead"
+            )
         self.app = app
         self._options = options = Options.check(
             self._OWNER,
