@@ -37,8 +37,8 @@ from collections.abc import Callable, Hashable
 from typing import Any, Final, NamedTuple
 
 from ._flight import AsyncGroup, Describe, Group
-from ._keys import KeyPlan, describe_unhashable, raw_key, typed_key
-from ._pinned import any, enumerate, isinstance, len, next, sorted
+from ._keys import PLAIN, KeyPlan, describe_unhashable, hashed, raw_key, typed_key
+from ._pinned import all, any, enumerate, isinstance, len, next, sorted
 from ._store import FRESH, FRESH_WALL, MISSING, VALUE, MappingStore, Store, TTLStore
 
 # The builtins the generated source may reach, as they were at import (see _pinned).
@@ -92,6 +92,29 @@ class KeySource:
         self.slots = slots  # the slots as a list display, or None (nothing to bind)
 
 
+def _once(p: str, items: list[str], scalar: list[bool], *, single: bool = False) -> str:
+    """The key expression over ``items``, hashed at most once per call (``_keys.hashed``).
+
+    A key of plain values (``int``, ``str``, ...: ``_keys.PLAIN``, or objects hashed by
+    identity, as instances of most classes are) is used as it is, checked inline (no
+    call on the hit path); any other is made a key that carries its hash.
+    """
+
+    def plain(item: str) -> str:
+        return f"({item}.__class__ in {p}plain or {item}.__class__.__hash__ is {p}idhash)"
+
+    if single:
+        name = items[0]
+        return f"({name} if {plain(name)} else {p}hashed({name}))"
+    display = _display(items)
+    if not items:
+        return display
+    if not all(scalar):
+        return f"{p}hashed({display})"
+    every = " and ".join(plain(item) for item in items)
+    return f"({display} if {every} else {p}hashed({display}))"
+
+
 def _prefix(plan: KeyPlan) -> str:
     """``_sf_``, unless a parameter's name starts with it: then ``_sf1_``, ``_sf2_``, ..."""
     names = tuple(plan.signature.parameters) if plan.signature is not None else ()
@@ -108,16 +131,16 @@ def key_source(plan: KeyPlan, prefix: str = "_sf_") -> KeySource:
         if plan.user_key is not None:
             return KeySource(
                 "*args, **kwargs",
-                {"_sf_user_key": plan.user_key},
-                f"{p}user_key(*args, **kwargs)",
+                {"_sf_user_key": plan.user_key, "_sf_hashed": hashed},
+                f"{p}hashed({p}user_key(*args, **kwargs))",
                 "args",
                 "kwargs",
                 None,
             )
         return KeySource(
             "*args, **kwargs",
-            {"_sf_raw_key": raw_key(plan.typed)},
-            f"{p}raw_key(args, kwargs)",
+            {"_sf_raw_key": raw_key(plan.typed), "_sf_hashed": hashed},
+            f"{p}hashed({p}raw_key(args, kwargs))",
             "args",
             "kwargs",
             None,
@@ -126,6 +149,7 @@ def key_source(plan: KeyPlan, prefix: str = "_sf_") -> KeySource:
     parts: list[str] = []
     names: dict[str, Any] = {}
     slot_exprs: list[str] = []
+    scalar: list[bool] = []  # the slot holds one argument (not *args, **kwargs)
     positional: list[str] = []
     keywords: list[str] = []
     seen_star = False
@@ -140,15 +164,18 @@ def key_source(plan: KeyPlan, prefix: str = "_sf_") -> KeySource:
             if i + 1 == len(params) or params[i + 1].kind is not inspect.Parameter.POSITIONAL_ONLY:
                 parts.append("/")
             slot_exprs.append(name)
+            scalar.append(True)
             positional.append(name)
         elif param.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD:
             parts.append(name + default)
             slot_exprs.append(name)
+            scalar.append(True)
             positional.append(name)
         elif param.kind is inspect.Parameter.VAR_POSITIONAL:
             parts.append("*" + name)
             seen_star = True
             slot_exprs.append(name)
+            scalar.append(False)
             positional.append("*" + name)
         elif param.kind is inspect.Parameter.KEYWORD_ONLY:
             if not seen_star:
@@ -156,24 +183,32 @@ def key_source(plan: KeyPlan, prefix: str = "_sf_") -> KeySource:
                 seen_star = True
             parts.append(name + default)
             slot_exprs.append(name)
+            scalar.append(True)
             keywords.append(f"{name!r}: {name}")
         else:
             parts.append("**" + name)
             slot_exprs.append(f"{p}tuple({p}sorted({name}.items()))")
+            scalar.append(False)
             keywords.append("**" + name)
     if plan.chosen is None:
         if plan.typed:
-            key = f"{p}typed({_display(slot_exprs)})"
+            key = f"{p}hashed({p}typed({_display(slot_exprs)}))"
         elif len(params) == 1 and params[0].kind in _POSITIONAL:
-            key = slot_exprs[0]  # one parameter: its value is the key, as in lru_cache
+            key = _once(p, slot_exprs[:1], [True], single=True)  # one parameter, as lru_cache
         else:
-            key = _display(slot_exprs)
+            key = _once(p, slot_exprs, scalar)
     else:
         order = [param.name for param in params]
-        picked = [slot_exprs[order.index(name)] for name in plan.chosen]
-        key = picked[0] if plan.single else _display(picked)
+        index = [order.index(name) for name in plan.chosen]
+        picked = [slot_exprs[i] for i in index]
         if plan.typed:
-            key = f"{p}typed({key})"
+            key = picked[0] if plan.single else _display(picked)
+            key = f"{p}hashed({p}typed({key}))"
+        else:
+            key = _once(p, picked, [scalar[i] for i in index], single=plan.single)
+    names["_sf_hashed"] = hashed
+    names["_sf_plain"] = PLAIN
+    names["_sf_idhash"] = object.__hash__
     if plan.typed:
         names["_sf_typed"] = typed_key(plan)
     return KeySource(

@@ -30,7 +30,7 @@ from typing import (
 from ._backend import AsyncBinding, Backend, Binding, bind_async, bind_sync, check_backend
 from ._compile import Compiled, compile_wrapper
 from ._flight import AsyncGroup, Group, Stats
-from ._keys import check_key_callable, plan_key, qualname
+from ._keys import check_key_callable, plan_key, qualname, unhashed
 from ._pinned import callable, getattr, hash, isinstance, iter, len, next
 from ._seconds import seconds
 from ._store import MappingStore, Store, TTLStore, TTLView
@@ -599,7 +599,7 @@ def _through_binding(func: Callable[..., Any], bound: Binding) -> Callable[..., 
     """The execution when a backend coordinates processes: it goes through ``bound``."""
 
     def run(key: Hashable, *args: Any, **kwargs: Any) -> Any:
-        return bound.call(key, functools.partial(func, *args, **kwargs))
+        return bound.call(unhashed(key), functools.partial(func, *args, **kwargs))
 
     return run
 
@@ -608,7 +608,7 @@ def _through_async_binding(func: Callable[..., Any], bound: AsyncBinding) -> Cal
     """:func:`_through_binding` for ``async def`` functions."""
 
     async def run(key: Hashable, *args: Any, **kwargs: Any) -> Any:
-        return await bound.acall(key, functools.partial(func, *args, **kwargs))
+        return await bound.acall(unhashed(key), functools.partial(func, *args, **kwargs))
 
     return run
 
@@ -688,7 +688,7 @@ def _attach(
         key = checked_key(args, kwargs)
         dropped = invalidate_here(key)
         if bound is not None:
-            dropped = bound.invalidate(key) or dropped
+            dropped = bound.invalidate(unhashed(key)) or dropped
         return dropped
 
     async def ainvalidate(*args: Any, **kwargs: Any) -> bool:
@@ -696,7 +696,7 @@ def _attach(
         key = checked_key(args, kwargs)
         dropped = invalidate_here(key)
         if abound is not None:
-            dropped = await abound.ainvalidate(key) or dropped
+            dropped = await abound.ainvalidate(unhashed(key)) or dropped
         return dropped
 
     async def acache_clear() -> None:

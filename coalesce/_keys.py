@@ -42,13 +42,18 @@ from ._pinned import (
 )
 
 __all__ = (
+    "PLAIN",
+    "Hashed",
+    "HashedTuple",
     "KeyPlan",
     "check_key_callable",
     "describe_unhashable",
+    "hashed",
     "plan_key",
     "qualname",
     "raw_key",
     "typed_key",
+    "unhashed",
 )
 
 
@@ -200,6 +205,36 @@ def raw_key(typed: bool) -> MakeKey:
     return make
 
 
+def _hashable(value: object) -> bool:
+    try:
+        hash(value)
+    except TypeError:
+        return False
+    return True
+
+
+def _unhashable_part(
+    kind: inspect._ParameterKind, pname: str, value: Any
+) -> tuple[str, Any] | None:
+    """``(label, value)`` of the first argument in a slot that cannot be hashed, or None.
+
+    The label names the argument as the caller passed it: a parameter's name, a
+    keyword given to ``**kwargs`` (not the ``**kwargs`` parameter, whose slot is a tuple
+    of items), or a position in ``*args`` (``args[1]``).
+    """
+    if kind is inspect.Parameter.VAR_KEYWORD:
+        for keyword, item in value:
+            if not _hashable(item):
+                return repr(keyword), item
+        return None
+    if kind is inspect.Parameter.VAR_POSITIONAL:
+        for i, item in enumerate(value):
+            if not _hashable(item):
+                return f"{pname}[{i}]", item
+        return None
+    return None if _hashable(value) else (repr(pname), value)
+
+
 def describe_unhashable(
     plan: KeyPlan,
     slots: Callable[..., list[Any]] | None,
@@ -223,22 +258,21 @@ def describe_unhashable(
             values = slots(*args, **kwargs)
         except TypeError:
             values = []
-        for pname, value in zip(plan.signature.parameters, values, strict=False):
+        params = plan.signature.parameters
+        for pname, value in zip(params, values, strict=False):
             if plan.chosen is not None and pname not in plan.chosen:
                 continue  # not part of the key: it may be unhashable
-            try:
-                hash(value)
-            except TypeError:
-                culprit = (pname, value)
+            culprit = _unhashable_part(params[pname].kind, pname, value)
+            if culprit is not None:
                 break
     if culprit is None:
         return TypeError(
             f"unhashable argument of {name}(): {key!r} cannot be a key; "
             "pass key=... to choose what identifies a call"
         )
-    pname, value = culprit
+    label, value = culprit
     return TypeError(
-        f"unhashable argument {pname!r} of {name}() (a {type(value).__name__}); "
+        f"unhashable argument {label} of {name}() (a {type(value).__name__}); "
         "pass key=... to choose what identifies a call, e.g. key=lambda *a, **k: ..."
     )
 
@@ -294,3 +328,72 @@ def check_key_callable(func: Callable[..., Any], key: Callable[..., Any]) -> Non
             f"{name}{fsig} (called with {problems[0]}); give it the same parameters as "
             f"{name}(), or end its parameters with *args, **kwargs"
         )
+
+
+# --------------------------------------------------------------------------- hash once
+
+# Exact types whose hash is cheap, cached by the object or side-effect free: a key of
+# these (or a tuple of them) is used as it is. Any other key is hashed once per call,
+# here, and carries that hash: every later dict operation on it (the store, the
+# flights, a cachetools cache's own bookkeeping) reads it instead of calling the
+# key's ``__hash__`` again, which may be costly or reenter (S19).
+PLAIN: Final = frozenset({int, str, bytes, float, bool, type(None)})
+# Instances of classes that keep object's own hash (by identity) are plain too.
+_IDHASH: Final = object.__hash__
+
+
+class HashedTuple(tuple):  # type: ignore[type-arg]
+    """A tuple key that computes its hash once; equal to (and hashed as) the plain tuple."""
+
+    def __init__(self, _: object) -> None:
+        self._hash = tuple.__hash__(self)
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (tuple, (tuple(self),))
+
+
+class Hashed:
+    """Any other key, with its hash computed once; equal to (and hashed as) the value.
+
+    ``Hashed(x) == x``, ``hash(Hashed(x)) == hash(x)``, and its ``repr`` is ``x``'s,
+    so a mapping keyed by it answers ``x in mapping`` and ``mapping[x]``.
+    """
+
+    __slots__ = ("_hash", "value")
+
+    def __init__(self, value: object) -> None:
+        self._hash = hash(value)
+        self.value = value
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is Hashed:
+            other = other.value
+        return bool(self.value == other)
+
+    def __repr__(self) -> str:
+        return repr(self.value)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Hashed, (self.value,))
+
+
+def hashed(key: Hashable) -> Hashable:
+    """``key`` as the store and the flights should hold it: hashed at most once."""
+    cls = key.__class__
+    if cls in PLAIN or cls is HashedTuple or cls is Hashed or cls.__hash__ is _IDHASH:
+        return key
+    try:
+        return HashedTuple(key) if cls is tuple else Hashed(key)
+    except TypeError:
+        return key  # unhashable: the first lookup raises the error that names it
+
+
+def unhashed(key: object) -> object:
+    """The key as the user's code made it (for a backend's digest)."""
+    return key.value if key.__class__ is Hashed else key
