@@ -23,7 +23,7 @@ TESTS = ROOT / "tests"
 # Import names of test-core's packages and of install_requires (setup.cfg).
 ALLOWED = {"pytest", "_pytest", "freezegun", "time_machine", "cachetools", "coalesce"}
 # coalesce modules that import an optional dependency.
-NOT_CORE_MODULES = {"coalesce.redis", "coalesce._demo_redis"}
+NOT_CORE_MODULES = {"coalesce.redis", "coalesce._demo_redis", "coalesce.otel"}
 # Files that need an optional dependency at run time, which no import shows: the
 # documentation's examples (fastapi, redis, ...) and the CLI's demo --redis checks.
 NOT_CORE_FILES = {"test_docs_examples.py", "test_cli.py"}

@@ -27,6 +27,7 @@ from typing import (
     overload,
 )
 
+from . import _observe
 from ._backend import AsyncBinding, Backend, Binding, bind_async, bind_sync, check_backend
 from ._compile import Compiled, compile_wrapper
 from ._flight import AsyncGroup, Group, Stats
@@ -592,6 +593,10 @@ def _build(func: Callable[..., Any], options: _Options) -> Any:
     wrapper = compiled.wrapper
     functools.update_wrapper(wrapper, func)
     _attach(wrapper, compiled, group, store, bound, abound, is_async)
+    # Its counters, published for as long as the wrapper lives (O1, O2).
+    _observe.register(
+        wrapper, options.name or name, group._stats, None if store is None else store.currsize
+    )
     return wrapper
 
 

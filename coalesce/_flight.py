@@ -39,13 +39,13 @@ import time as _time
 from collections.abc import Awaitable, Callable, Coroutine, Hashable
 from typing import Any, Final, NamedTuple, ParamSpec, TypeVar
 
-from . import _fork
+from . import _fork, _observe
 from ._errors import ReentrantCallError
 from ._fork import at_fork
 from ._pinned import getattr, hash, isinstance, len, next, zip
 from ._store import MISSING, CachedError, Store
 
-__all__ = ("AsyncGroup", "Group", "Stats")
+__all__ = ("AsyncGroup", "Group", "Stats", "Totals")
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -69,6 +69,23 @@ class Counts(NamedTuple):
     refreshes: int
 
 
+class Totals(NamedTuple):
+    """Every count since the counters were made (never reset): what the instruments
+    read (O1). Each call is exactly one of ``hit``, ``stale``, ``joined`` and
+    ``executed``; each ended execution one of ``ok``, ``error`` and ``cancelled``."""
+
+    hit: int
+    stale: int
+    joined: int
+    executed: int
+    ok: int
+    error: int
+    cancelled: int
+    refreshes: int
+    takeovers: int
+    in_flight: int
+
+
 class Stats:
     """Exact counters shared by a group and the decorator built on it (S12).
 
@@ -76,33 +93,45 @@ class Stats:
     A count can only be read by advancing it too, so reads take turns under a lock and
     each takes away the reads made before it. ``cache_clear()`` resets by remembering
     a baseline, so nothing on the hot path ever has to be swapped.
+
+    Each call steps exactly one of ``hits`` (fresh), ``stale``, ``coalesced`` and
+    ``executed``, so a reader never sees a call half counted; ``cache_info()``'s hits
+    are ``hits + stale`` and its misses ``executed + coalesced``.
     """
 
-    _RESETTABLE = ("hits", "misses", "coalesced", "errors", "stale", "refreshes")
+    _RESETTABLE = ("hits", "executed", "coalesced", "errors", "stale", "refreshes")
 
     __slots__ = (
         "_base",
         "_reading",
         "_reads",
+        "cancelled",
         "coalesced",
         "ended",
         "errors",
+        "executed",
         "hits",
-        "misses",
+        "label",
+        "ok",
         "refreshes",
         "stale",
         "started",
+        "takeovers",
     )
 
     def __init__(self) -> None:
-        self.hits = itertools.count()
-        self.misses = itertools.count()
-        self.coalesced = itertools.count()
-        self.errors = itertools.count()
+        self.hits = itertools.count()  # fresh hits
+        self.executed = itertools.count()  # misses that started an execution
+        self.coalesced = itertools.count()  # misses that joined one
+        self.errors = itertools.count()  # executions that raised
+        self.ok = itertools.count()  # executions that returned
+        self.cancelled = itertools.count()  # executions cancelled (async, S7)
         self.stale = itertools.count()  # stale results served (F1)
         self.refreshes = itertools.count()  # background refreshes started (F1, F2)
+        self.takeovers = itertools.count()  # leases taken over from a leader elsewhere (R4)
         self.started = itertools.count()
         self.ended = itertools.count()
+        self.label: str | None = None  # the coalesce.function name, once registered (O1)
         self._base = (0,) * len(self._RESETTABLE)
         self._reading = threading.Lock()
         self._reads: dict[str, int] = {}
@@ -118,11 +147,30 @@ class Stats:
     def snapshot(self) -> Counts:
         """Every counter since the last reset, and ``in_flight`` now."""
         ended = self._read("ended")
-        hits, misses, coalesced, errors, stale, refreshes = (
+        hits, executed, coalesced, errors, stale, refreshes = (
             self._read(name) - base for name, base in zip(self._RESETTABLE, self._base, strict=True)
         )
         in_flight = self._read("started") - ended
-        return Counts(hits, misses, coalesced, errors, in_flight, stale, refreshes)
+        return Counts(
+            hits + stale, executed + coalesced, coalesced, errors, in_flight, stale, refreshes
+        )
+
+    def totals(self) -> Totals:
+        """Every count since these counters were made (``cache_clear()`` resets none)."""
+        read = self._read
+        ended = read("ended")
+        return Totals(
+            read("hits"),
+            read("stale"),
+            read("coalesced"),
+            read("executed"),
+            read("ok"),
+            read("errors"),
+            read("cancelled"),
+            read("refreshes"),
+            read("takeovers"),
+            read("started") - ended,
+        )
 
     def after_fork(self) -> None:
         """In a forked child: the parent's executions are not running here."""
@@ -199,16 +247,25 @@ def _outcome(
     kept for ``error_ttl`` (F4), except for a background refresh, whose failure must
     not hide the stale result it is refreshing.
     """
+    timer = _observe.timer
+    if timer is not None and flight.began:
+        timer(stats, _time.perf_counter() - flight.began)
     if store is None:
-        if not ok and not isinstance(value, asyncio.CancelledError):
+        if ok:
+            next(stats.ok)
+        elif isinstance(value, asyncio.CancelledError):
+            next(stats.cancelled)
+        else:
             next(stats.errors)
         return ok, value
     if ok:
         if flight.discard:
             _unmark(store, key)
+            next(stats.ok)
             return ok, value
         try:
             store.save(key, value, flight.started, flight)
+            next(stats.ok)
             return ok, value
         except Exception as exc:
             # The function succeeded; keeping its result failed (cache_if, a ttl
@@ -227,6 +284,7 @@ def _outcome(
             return False, exc
     _unmark(store, key)
     if isinstance(value, asyncio.CancelledError):
+        next(stats.cancelled)
         return ok, value
     next(stats.errors)
     if isinstance(value, Exception):
@@ -273,8 +331,7 @@ def _consult(store: Store, stats: Stats, key: Hashable, flight: object | None) -
     if store.stale:
         value = store.stale_value(key)
         if value is not MISSING:
-            next(stats.hits)
-            next(stats.stale)
+            next(stats.stale)  # a hit, counted apart from fresh ones (see Stats)
             return value, True
     return MISSING, False
 
@@ -358,6 +415,7 @@ class _Flight:
 
     __slots__ = (
         "background",
+        "began",
         "discard",
         "epoch",
         "listed",
@@ -372,6 +430,7 @@ class _Flight:
 
     def __init__(self, owner: int) -> None:
         self.background = False  # a refresh nobody waits for (F1, F2)
+        self.began = 0.0  # perf_counter() at its start, while instrumented (O1)
         self.started = 0.0  # when it began, for early= (F2)
         # Made by the first caller to join, already acquired on the leader's behalf;
         # the leader releases it when the execution ends. A call nobody joins needs no lock.
@@ -534,8 +593,8 @@ class Group:
             lock.release()
             if refresh is not None:
                 self._start_background(key, refresh, fn, args, kwargs, store)
-        next(stats.misses)
         if leader:
+            next(stats.executed)
             next(stats.started)
             return self._lead(key, flight, fn, args, kwargs, store), flight
         next(stats.coalesced)
@@ -615,6 +674,7 @@ class Group:
         store: Store | None,
     ) -> Any:
         flight.started = _time.monotonic() if store is not None and store.early else 0.0
+        flight.began = _time.perf_counter() if _observe.timer is not None else 0.0
         try:
             value = fn(*args, **kwargs)
         except Exception as exc:
@@ -648,6 +708,9 @@ class Group:
 
     def _abort(self, key: Hashable, flight: _Flight) -> None:
         """S8: the leader ended with a BaseException; hand the run to a waiter."""
+        timer = _observe.timer
+        if timer is not None and flight.began:
+            timer(self._stats, _time.perf_counter() - flight.began)
         next(self._stats.errors)
         with self._lock:
             if not flight.background:
@@ -715,6 +778,7 @@ class _AsyncFlight:
 
     __slots__ = (
         "background",
+        "began",
         "discard",
         "epoch",
         "listed",
@@ -728,6 +792,7 @@ class _AsyncFlight:
 
     def __init__(self) -> None:
         self.background = False  # a refresh nobody waits for (F1, F2)
+        self.began = 0.0  # perf_counter() at its start, while instrumented (O1)
         self.started = 0.0  # when it began, for early= (F2)
         self.task: asyncio.Task[None] | None = None
         self.state = _RUNNING
@@ -895,7 +960,6 @@ class AsyncGroup:
                     f"this call of key {key!r} would wait on an execution of the same key "
                     "that its own task is running, which would deadlock"
                 )
-            next(stats.misses)
             next(stats.coalesced)
             flight.takers += 1
             return self._wait(loop, fkey, flight)
@@ -908,7 +972,7 @@ class AsyncGroup:
             except BaseException:
                 self._detach(fkey, flight)
                 raise
-        next(stats.misses)
+        next(stats.executed)
         next(stats.started)
         if store is not None and store.early:
             flight.started = _time.monotonic()
@@ -976,6 +1040,8 @@ class AsyncGroup:
         """The execution task's coroutine: await the work, then end the flight."""
         if flight.task is None:
             flight.task = _current_task(fkey[0])  # an eager task, still being made (3.12+)
+        if _observe.timer is not None:
+            flight.began = _time.perf_counter()
         try:
             value = await fn(*args, **kwargs)
         except BaseException as exc:
