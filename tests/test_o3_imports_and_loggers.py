@@ -55,9 +55,9 @@ def _logger_names() -> dict[str, list[str]]:
                 and isinstance(node.func, ast.Attribute)
                 and node.func.attr == "getLogger"
             ):
-                assert len(node.args) == 1 and isinstance(node.args[0], ast.Constant), (
-                    f"{path.name}:{node.lineno}: getLogger() takes a literal name here"
-                )
+                where = f"{path.name}:{node.lineno}: getLogger() takes a literal name here"
+                assert len(node.args) == 1, where
+                assert isinstance(node.args[0], ast.Constant), where
                 names.setdefault(path.name, []).append(str(node.args[0].value))
     return names
 
