@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Hashable, Sequence
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from ._pinned import (
     all,
@@ -73,7 +73,7 @@ _KWMARK: Final = _Mark()
 MakeKey = Callable[[tuple[Any, ...], dict[str, Any]], Hashable]
 
 
-class KeyPlan:
+class KeyPlan(NamedTuple):
     """What identifies a call of one decorated function (see the module's rule).
 
     ``signature`` is what calls bind to, or ``None`` (a key callable, or a signature
@@ -81,24 +81,12 @@ class KeyPlan:
     ``single`` whether ``key=`` was one name (the key is that value, not a tuple).
     """
 
-    __slots__ = ("chosen", "name", "signature", "single", "typed", "user_key")
-
-    def __init__(
-        self,
-        name: str,
-        signature: inspect.Signature | None,
-        *,
-        chosen: tuple[str, ...] | None = None,
-        single: bool = False,
-        typed: bool = False,
-        user_key: Callable[..., Hashable] | None = None,
-    ) -> None:
-        self.name = name
-        self.signature = signature
-        self.chosen = chosen
-        self.single = single
-        self.typed = typed
-        self.user_key = user_key
+    name: str
+    signature: inspect.Signature | None
+    chosen: tuple[str, ...] | None = None
+    single: bool = False
+    typed: bool = False
+    user_key: Callable[..., Hashable] | None = None
 
 
 def qualname(func: Callable[..., Any]) -> str:
