@@ -910,12 +910,27 @@ class AsyncGroup:
         self.forget(key)
 
     def _discard_all(self) -> None:
-        """Detach every execution in flight, in every loop (S18, ``cache_clear()``)."""
-        with self._lock:  # loops in other threads share the registry (see _detach)
-            for flight in self._flights.values():
+        """Detach every execution in flight, in every loop (S18, ``cache_clear()``).
+
+        Under the lock, as every removal, and flight by flight: loops in other
+        threads keep registering flights meanwhile (without the lock), so iterating
+        the registry itself could fail, and a flight listed after the snapshot must
+        stay (clearing it would make its ``_detach`` rebuild the registry) (V4).
+        """
+        with self._lock:
+            for fkey, flight in list(self._flights.items()):
                 flight.discard = True
+                if not flight.listed:
+                    continue
                 flight.listed = False
-            self._flights.clear()
+                flights = self._flights
+                try:
+                    if flights.get(fkey) is flight:
+                        del flights[fkey]
+                        continue
+                except Exception:
+                    pass
+                self._flights = _unlisted(flights, flight)  # its key is broken
 
     def __contains__(self, key: object) -> bool:
         """``key in group``: whether an execution of ``key`` is in flight, in any loop."""

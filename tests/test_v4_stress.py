@@ -319,3 +319,49 @@ def test_v4_forget_from_other_threads_racing_a_loop() -> None:
     assert info.misses == 3 * ROUNDS
     assert info.misses - info.coalesced == runs.total()
     assert (info.errors, info.in_flight) == (0, 0)
+
+
+@pytest.mark.parametrize("cached", [False, True], ids=["coalescing", "ttl"])
+def test_v4_cache_clear_from_another_thread_racing_loops(cached: bool) -> None:
+    """V4/S18: cache_clear() in a loop of its own thread, while 4 event loops run flights."""
+    stop = threading.Event()
+    clears = itertools.count()
+
+    async def work(key: int) -> int:
+        if key % 2:
+            await asyncio.sleep(0)  # half the executions suspend, half end in one step
+        return key
+
+    load = singleflight(ttl=3600)(work) if cached else singleflight(work)
+
+    def clearer() -> None:
+        while not stop.is_set():
+            load.cache_clear()
+            next(clears)
+
+    def body(index: int) -> None:
+        async def calls() -> None:
+            for _ in range(ROUNDS // 4):
+                keys = list(range(8))
+                outcome = await asyncio.wait_for(
+                    asyncio.gather(*(load(k) for k in keys for _ in range(2))), WAIT
+                )
+                assert outcome == [k for k in keys for _ in range(2)]
+
+        asyncio.run(calls())
+
+    thread = threading.Thread(target=clearer, daemon=True)
+    thread.start()
+    try:
+        _in_threads(body, 4)
+    finally:
+        stop.set()
+        thread.join(WAIT)
+    # (cache_clear() resets the counters, so only what is left can be checked.)
+    assert next(clears) > 0
+    assert load.cache_info().in_flight == 0
+    # Nothing was left registered: a new call runs (and, cached, is then a hit).
+    assert asyncio.run(load(3)) == 3
+    assert asyncio.run(load(3)) == 3
+    info = load.cache_info()
+    assert (info.hits, info.misses, info.in_flight) == ((1, 1, 0) if cached else (0, 2, 0))
