@@ -34,6 +34,7 @@ from types import TracebackType
 from typing import Any, Final
 
 from ._fork import at_fork
+from ._keys import hashed, unhashed
 from ._pinned import callable, getattr, id, isinstance, iter, len, max, next
 from ._seconds import returned
 
@@ -410,24 +411,27 @@ class TTLView(MutableMapping[Hashable, Any]):
     def __init__(self, store: TTLStore) -> None:
         self._store = store
 
+    # Keys are held as the function holds them (_keys.hashed): a key written here must
+    # be found by the function's calls, whatever the key's own __eq__ says of a wrapper;
+    # iterating gives back the keys as the user's code made them.
     def __getitem__(self, key: Hashable) -> Any:
-        value = self._store.lookup(key)
+        value = self._store.lookup(hashed(key))
         if value is MISSING or isinstance(value, CachedError):
             raise KeyError(key)
         return value
 
     def __setitem__(self, key: Hashable, value: Any) -> None:
-        self._store.save(key, value)
+        self._store.save(hashed(key), value)
 
     def __delitem__(self, key: Hashable) -> None:
-        if not self._store.invalidate(key):
+        if not self._store.invalidate(hashed(key)):
             raise KeyError(key)
 
     def _live(self) -> list[Hashable]:
         store = self._store
         mono, wall = store.now()
         return [
-            key
+            unhashed(key)
             for key, entry in list(store.data.items())
             if store._age(entry, mono, wall) < entry[TTL]
         ]
