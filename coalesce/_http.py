@@ -368,6 +368,25 @@ App = TypeVar("App")
 Request = TypeVar("Request")
 
 
+class ClassSignature:
+    """A middleware class's ``__signature__``: its constructor's, read on the class only.
+
+    An instance has none of its own, so ``inspect.signature(middleware)`` is its
+    ``__call__``'s, as for any app (and :func:`app_kind` can tell a WSGI middleware
+    from an ASGI one).
+    """
+
+    __slots__ = ("signature",)
+
+    def __init__(self, signature: inspect.Signature) -> None:
+        self.signature = signature
+
+    def __get__(self, instance: object, owner: type | None = None) -> inspect.Signature:
+        if instance is not None:
+            raise AttributeError("__signature__")
+        return self.signature
+
+
 class Middleware(Generic[App, Request, H]):
     """What both middlewares are, apart from their protocol's I/O.
 
@@ -432,19 +451,21 @@ class Middleware(Generic[App, Request, H]):
         return f"{type(self).__name__}(app={self.app!r}, {self._options.describe()})"
 
     @staticmethod
-    def _signature(app: str, request: str) -> inspect.Signature:
+    def _signature(app: str, request: str) -> ClassSignature:
         """The constructor's signature with a driver's own types, for ``help()``,
         ``inspect.signature()`` and the docs (``__init__`` here has type variables)."""
         init = inspect.signature(Middleware.__init__)
         first, *options = list(init.parameters.values())[1:]  # without self
         *options, key = options
-        return init.replace(
-            parameters=[
-                first.replace(annotation=app),
-                *options,
-                key.replace(annotation=f"Callable[[{request}], Hashable | None] | None"),
-            ],
-            return_annotation=inspect.Signature.empty,
+        return ClassSignature(
+            init.replace(
+                parameters=[
+                    first.replace(annotation=app),
+                    *options,
+                    key.replace(annotation=f"Callable[[{request}], Hashable | None] | None"),
+                ],
+                return_annotation=inspect.Signature.empty,
+            )
         )
 
     def cache_info(self) -> CacheInfo:

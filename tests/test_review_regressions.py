@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
 import uuid
+
+import pytest
 
 from coalesce import singleflight
 
@@ -51,3 +54,18 @@ def test_ttl_cache_iterates_the_keys_calls_made() -> None:
     assert type(stored) is uuid.UUID
     assert stored == key
     assert load.cache[stored] == key.hex
+
+
+def test_asgi_middleware_refuses_a_wsgi_middleware() -> None:
+    """S20: the ASGI middleware refuses a WSGI app that is itself a WSGI middleware."""
+    from coalesce import asgi, wsgi
+
+    def app(environ: object, start_response: object) -> list[bytes]:
+        return [b""]
+
+    inner = wsgi.CoalesceMiddleware(app)
+    assert list(inspect.signature(inner).parameters) == ["environ", "start_response"]
+    assert "app" in inspect.signature(wsgi.CoalesceMiddleware).parameters
+    with pytest.raises(TypeError, match=r"is a WSGI app.*coalesce\.wsgi\.CoalesceMiddleware"):
+        asgi.CoalesceMiddleware(inner)
+    assert wsgi.CoalesceMiddleware(inner).app is inner
