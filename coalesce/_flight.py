@@ -28,7 +28,6 @@ caller that finds no flight looks in the store once more inside the critical sec
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import functools
 import itertools
 import logging
@@ -36,6 +35,7 @@ import queue
 import sys
 import threading
 import time as _time
+import types
 from collections.abc import Awaitable, Callable, Coroutine, Hashable
 from typing import Any, Final, NamedTuple, ParamSpec, TypeVar
 
@@ -768,9 +768,21 @@ class Group:
 
 # --------------------------------------------------------------------------- asyncio
 
-_Task = asyncio.Task
+# The execution's task. On 3.12+ it starts eagerly: its first step runs at once,
+# inside the first call, as that task (so ``current_task()``, an ``asyncio.timeout``
+# or a ``TaskGroup`` there belong to the execution), and a function that returns
+# without suspending costs no task switch. On 3.11 it is a plain task.
+_EAGER: Final = sys.version_info >= (3, 12)
+# Typed loosely: ``eager_start=`` is passed only where it exists (3.12+).
+_Task: Any = asyncio.Task
 _get_running_loop = asyncio.get_running_loop
 _current_task = asyncio.current_task
+_CoroutineType = types.CoroutineType
+
+
+async def _awaited(awaitable: Awaitable[Any]) -> Any:
+    """A coroutine for an awaitable that is not one (a task runs only coroutines)."""
+    return await awaitable
 
 
 class _AsyncFlight:
@@ -788,13 +800,17 @@ class _AsyncFlight:
         "task",
         "value",
         "waiters",
+        "work",
     )
 
     def __init__(self) -> None:
         self.background = False  # a refresh nobody waits for (F1, F2)
         self.began = 0.0  # perf_counter() at its start, while instrumented (O1)
         self.started = 0.0  # when it began, for early= (F2)
-        self.task: asyncio.Task[None] | None = None
+        # The execution's task, once made; while an eager task takes its first step
+        # (3.12+) it is not made yet, and ``work``, its coroutine, tells it apart.
+        self.task: asyncio.Task[Any] | None = None
+        self.work: Coroutine[Any, Any, Any] | None = None
         self.state = _RUNNING
         self.value: Any = None
         self.waiters: dict[asyncio.Future[Any], None] | None = None
@@ -970,7 +986,13 @@ class AsyncGroup:
                     self._start_background(loop, fkey, fn, args, kwargs, store)
                 return value, None
         if flight is not None:
-            if flight.task is not None and flight.task is _current_task(loop):
+            me = _current_task(loop)
+            task = flight.task
+            if (
+                me is task
+                if task is not None
+                else me is not None and me.get_coro() is flight.work is not None
+            ):
                 raise ReentrantCallError(
                     f"this call of key {key!r} would wait on an execution of the same key "
                     "that its own task is running, which would deadlock"
@@ -991,14 +1013,37 @@ class AsyncGroup:
         next(stats.started)
         if store is not None and store.early:
             flight.started = _time.monotonic()
-        if _launch(self, loop, fkey, flight, fn, args, kwargs, store):
-            # Finished in its first step: nobody else can have joined.
+        if _observe.timer is not None:
+            flight.began = _time.perf_counter()
+        try:
+            work = fn(*args, **kwargs)
+            if work.__class__ is not _CoroutineType:
+                work = _awaited(work)
+            flight.work = work
+            # The task runs in a copy of the current context (S7). (3.12's eager
+            # start needs the loop given: it asks that argument if it is running.)
+            task = _Task(work, loop=loop, eager_start=True) if _EAGER else _Task(work, loop=loop)
+        except BaseException as exc:
+            # The call raised before its coroutine existed, or the first step ended
+            # with KeyboardInterrupt or SystemExit (which asyncio raises on).
+            self._end(fkey, flight, store, False, exc)
+            raise
+        if task.done():
+            # Finished in its first step (3.12+): settled here, as _ended would.
+            try:
+                value = task.result()
+            except BaseException as exc:
+                self._end(fkey, flight, store, False, exc)
+            else:
+                self._end(fkey, flight, store, True, value)
             state = flight.state
             if state == _DONE:
                 return flight.value, flight
             if state == _FAILED:
                 raise flight.value
             raise asyncio.CancelledError
+        flight.task = task
+        task.add_done_callback(functools.partial(self._ended, fkey, flight, store))
         return self._wait(loop, fkey, flight)
 
     def _start_background(
@@ -1020,14 +1065,21 @@ class AsyncGroup:
             flight.started = _time.monotonic()
         next(self._stats.started)
         next(self._stats.refreshes)
-        flight.task = loop.create_task(self._execute(fkey, flight, fn, args, kwargs, store))
-
-    def _unstarted(
-        self, fkey: _FlightKey, flight: _AsyncFlight, store: Store | None, task: object
-    ) -> None:
-        """3.11: a task cancelled before its first step never ran ``_execute``; end its flight."""
-        if flight.state == _RUNNING:
-            self._end(fkey, flight, store, False, asyncio.CancelledError())
+        if _observe.timer is not None:
+            flight.began = _time.perf_counter()
+        try:
+            work = fn(*args, **kwargs)
+            if work.__class__ is not _CoroutineType:
+                work = _awaited(work)
+            task = loop.create_task(work)
+        except BaseException as exc:
+            self._end(fkey, flight, store, False, exc)  # logged there
+            if isinstance(exc, Exception):
+                return  # the hit that started it still returns its stale result
+            raise
+        flight.work = work
+        flight.task = task
+        task.add_done_callback(functools.partial(self._ended, fkey, flight, store))
 
     def _refresh(
         self,
@@ -1043,26 +1095,14 @@ class AsyncGroup:
         if fkey not in self._flights:
             self._start_background(loop, fkey, fn, args, kwargs, store)
 
-    async def _execute(
-        self,
-        fkey: _FlightKey,
-        flight: _AsyncFlight,
-        fn: Callable[..., Awaitable[Any]],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        store: Store | None,
+    def _ended(
+        self, fkey: _FlightKey, flight: _AsyncFlight, store: Store | None, task: asyncio.Task[Any]
     ) -> None:
-        """The execution task's coroutine: await the work, then end the flight."""
-        if flight.task is None:
-            flight.task = _current_task(fkey[0])  # an eager task, still being made (3.12+)
-        if _observe.timer is not None:
-            flight.began = _time.perf_counter()
+        """The execution's task is done (or was cancelled before it began): settle it."""
         try:
-            value = await fn(*args, **kwargs)
-        except BaseException as exc:
+            value = task.result()
+        except BaseException as exc:  # its failure, or its cancellation
             self._end(fkey, flight, store, False, exc)
-            if not isinstance(exc, Exception):
-                raise  # cancellation, KeyboardInterrupt, SystemExit: the task sees it too
         else:
             self._end(fkey, flight, store, True, value)
 
@@ -1070,7 +1110,8 @@ class AsyncGroup:
         self, fkey: _FlightKey, flight: _AsyncFlight, store: Store | None, ok: bool, value: Any
     ) -> None:
         """The execution ended: keep its outcome (S3), leave the registry, wake the waiters."""
-        ok, value = _outcome(store, self._stats, fkey[1], flight, ok, value)
+        if store is not None or not ok:
+            ok, value = _outcome(store, self._stats, fkey[1], flight, ok, value)
         if ok:
             flight.state = _DONE
         elif isinstance(value, asyncio.CancelledError):
@@ -1078,6 +1119,7 @@ class AsyncGroup:
         else:
             flight.state = _FAILED
         flight.value = value
+        flight.work = None
         self._detach(fkey, flight)
         if flight.epoch == _fork.epoch:  # a parent's execution was never counted here
             next(self._stats.ended)
@@ -1117,31 +1159,3 @@ class AsyncGroup:
                     self._detach(fkey, flight)
                     flight.task.cancel()
             raise
-
-
-# The execution's task. On 3.12+ it starts eagerly: its first step runs at once,
-# inside the first call, as that task (so ``current_task()``, an ``asyncio.timeout``
-# or a ``TaskGroup`` there belong to the execution), and a function that returns
-# without suspending costs no task switch. On 3.11 it is a plain task.
-_EAGER: Final[dict[str, Any]] = {"eager_start": True} if sys.version_info >= (3, 12) else {}
-
-
-def _launch(
-    group: AsyncGroup,
-    loop: asyncio.AbstractEventLoop,
-    fkey: _FlightKey,
-    flight: _AsyncFlight,
-    fn: Callable[..., Awaitable[Any]],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    store: Store | None,
-) -> bool:
-    """Start the execution's task; ``True`` if it finished in its first step (3.12+)."""
-    coro = group._execute(fkey, flight, fn, args, kwargs, store)
-    task = _Task(coro, loop=loop, context=contextvars.copy_context(), **_EAGER)
-    if task.done():
-        return True
-    flight.task = task
-    if not _EAGER:
-        task.add_done_callback(functools.partial(group._unstarted, fkey, flight, store))
-    return False
