@@ -31,6 +31,7 @@ import asyncio
 import functools
 import itertools
 import logging
+import operator
 import queue
 import sys
 import threading
@@ -86,13 +87,28 @@ class Totals(NamedTuple):
     in_flight: int
 
 
+# The counters. A hit is counted on the hot path, so a step must be cheap and atomic.
+# Under the GIL, ``next()`` on ``itertools.repeat(None, n)`` is one atomic step that
+# makes no int (cheaper than ``itertools.count``), and how many steps remain reads
+# exactly, without stepping it, through ``operator.length_hint``. Free-threaded builds
+# step ``repeat`` without atomicity, so there ``itertools.count`` serves (atomic there),
+# read by stepping it too: reads take turns under a lock, each taking away the reads
+# made before it.
+_LOTS: Final = sys.maxsize
+
+
+@functools.cache
+def _free_threaded() -> bool:
+    import sysconfig
+
+    return bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
+
+
 class Stats:
     """Exact counters shared by a group and the decorator built on it (S12).
 
-    ``next()`` on an ``itertools.count`` is one atomic step, so counting needs no lock.
-    A count can only be read by advancing it too, so reads take turns under a lock and
-    each takes away the reads made before it. ``cache_clear()`` resets by remembering
-    a baseline, so nothing on the hot path ever has to be swapped.
+    Counting needs no lock (see ``_LOTS``). ``cache_clear()`` resets by remembering a
+    baseline, so nothing on the hot path ever has to be swapped.
 
     Each call steps exactly one of ``hits`` (fresh), ``stale``, ``coalesced`` and
     ``executed``, so a reader never sees a call half counted; ``cache_info()``'s hits
@@ -120,28 +136,39 @@ class Stats:
     )
 
     def __init__(self) -> None:
-        self.hits = itertools.count()  # fresh hits
-        self.executed = itertools.count()  # misses that started an execution
-        self.coalesced = itertools.count()  # misses that joined one
-        self.errors = itertools.count()  # executions that raised
-        self.ok = itertools.count()  # executions that returned
-        self.cancelled = itertools.count()  # executions cancelled (async, S7)
-        self.stale = itertools.count()  # stale results served (F1)
-        self.refreshes = itertools.count()  # background refreshes started (F1, F2)
-        self.takeovers = itertools.count()  # leases taken over from a leader elsewhere (R4)
-        self.started = itertools.count()
-        self.ended = itertools.count()
+        self.hits = self._counter()  # fresh hits
+        self.executed = self._counter()  # misses that started an execution
+        self.coalesced = self._counter()  # misses that joined one
+        self.errors = self._counter()  # executions that raised
+        self.ok = self._counter()  # executions that returned
+        self.cancelled = self._counter()  # executions cancelled (async, S7)
+        self.stale = self._counter()  # stale results served (F1)
+        self.refreshes = self._counter()  # background refreshes started (F1, F2)
+        self.takeovers = self._counter()  # leases taken over from a leader elsewhere (R4)
+        self.started = self._counter()
+        self.ended = self._counter()
         self.label: str | None = None  # the coalesce.function name, once registered (O1)
         self._base = (0,) * len(self._RESETTABLE)
         self._reading = threading.Lock()
         self._reads: dict[str, int] = {}
 
+    @staticmethod
+    def _counter(start: int = 0) -> itertools.repeat[None] | itertools.count[int]:
+        """A counter at ``start``: ``next()`` counts one."""
+        if _free_threaded():
+            return itertools.count(start)
+        return itertools.repeat(None, _LOTS - start)
+
     def _read(self, name: str) -> int:
-        """The count of ``name`` now (its ``next()`` also counts this read and earlier ones)."""
+        """The count of ``name`` now."""
+        counter = getattr(self, name)
+        if counter.__class__ is itertools.repeat:
+            return _LOTS - operator.length_hint(counter)
         with self._reading:
+            # Stepping it counts this read and the earlier ones too.
             reads = self._reads.get(name, 0)
             self._reads[name] = reads + 1
-            value: int = next(getattr(self, name))
+            value: int = next(counter)
         return value - reads
 
     def snapshot(self) -> Counts:
@@ -175,7 +202,7 @@ class Stats:
     def after_fork(self) -> None:
         """In a forked child: the parent's executions are not running here."""
         self._reading = threading.Lock()  # another thread may have held it at the fork
-        self.ended = itertools.count(self._read("started"))
+        self.ended = self._counter(self._read("started"))
         self._reads["ended"] = 0
 
     def reset(self) -> None:
