@@ -10,6 +10,8 @@ from __future__ import annotations
 from ._backend import AsyncBinding as AsyncBinding
 from ._backend import Backend as Backend
 from ._backend import Binding as Binding
+from ._backend import Fleet as Fleet
+from ._backend import Tally as Tally
 from ._decorator import AsyncSingleflightFunction as AsyncSingleflightFunction
 from ._decorator import BoundSingleflightFunction as BoundSingleflightFunction
 from ._decorator import CacheInfo as CacheInfo
@@ -31,11 +33,13 @@ __all__ = (
     "Binding",
     "BoundSingleflightFunction",
     "CacheInfo",
+    "Fleet",
     "Group",
     "ReentrantCallError",
     "RemoteError",
     "SingleflightClassMethod",
     "SingleflightFunction",
+    "Tally",
     "__version__",
     "singleflight",
 )

@@ -36,6 +36,12 @@ the stable key digest (R2: ``prefix:name:digest``, never ``hash()``), the pickle
 JSON serialisers (R7) and sealed payloads, HMAC-signed with ``signing_key`` and
 refused before deserialising when they fail (R7), errors carried across (R9).
 
+Freshness across the fleet (R10, R11) is a capability: a backend whose ``bind()``
+takes ``fleet=`` receives a :class:`Fleet` (the decorator's freshness options and a
+:class:`Tally` to count hits, stale serves and waits on other processes in
+``cache_info()``), and then owns those decisions for the whole fleet. A backend
+without it keeps working; the freshness options are refused with it.
+
 ``singleflight()`` checks the object it is given with :func:`check_backend`, and each
 binding with :func:`bind_sync` or :func:`bind_async`: a missing method is a
 ``TypeError`` at decoration time that names it. A capability added later (a batch of
@@ -45,10 +51,21 @@ so a backend without it keeps working.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Any, Final, Protocol, TypeVar, cast, runtime_checkable
 
-__all__ = ("AsyncBinding", "Backend", "Binding", "bind_async", "bind_sync", "check_backend")
+__all__ = (
+    "AsyncBinding",
+    "Backend",
+    "Binding",
+    "Fleet",
+    "Tally",
+    "bind_async",
+    "bind_sync",
+    "check_backend",
+    "takes_fleet",
+)
 
 R = TypeVar("R")
 
@@ -87,6 +104,71 @@ class AsyncBinding(Protocol):
         ...
 
 
+class Tally(Protocol):
+    """What a backend tells ``cache_info()`` about a call it answered (R10).
+
+    The decorator counts every call that reaches the backend as a miss; the backend
+    corrects that: ``hit()`` (answered from the store), ``stale()`` (a stale value
+    served while a refresh runs), ``waited()`` (waited on another process's
+    execution: a miss that coalesced), ``refreshed()`` (a background refresh started
+    here), ``running()`` and ``settled()`` (a background task of this process
+    starts and ends: it is in ``in_flight`` meanwhile),
+    ``failed()`` (an execution failed and the old value was served instead),
+    ``kept()`` (a kept error was raised, after ``hit()``: not a new failure).
+    """
+
+    def hit(self) -> None: ...
+    def stale(self) -> None: ...
+    def waited(self) -> None: ...
+    def refreshed(self) -> None: ...
+    def failed(self) -> None: ...
+    def kept(self) -> None: ...
+    def running(self) -> None: ...
+    def settled(self) -> None: ...
+
+
+class Fleet:
+    """The freshness options (SPEC section 3) of one function, for a backend (R10).
+
+    ``ttl`` is seconds or a callable ``(result) -> seconds`` (F5); ``stale``,
+    ``early``, ``stale_if_error`` and ``error_ttl`` are 0.0 when off; ``cache_if`` is
+    ``None`` when every result is kept.
+    """
+
+    __slots__ = ("cache_if", "early", "error_ttl", "stale", "stale_if_error", "tally", "ttl")
+
+    def __init__(
+        self,
+        *,
+        ttl: float | Callable[[Any], float],
+        stale: float = 0.0,
+        early: float = 0.0,
+        stale_if_error: float = 0.0,
+        error_ttl: float = 0.0,
+        cache_if: Callable[[Any], object] | None = None,
+        tally: Tally | None = None,
+    ) -> None:
+        self.ttl = ttl
+        self.stale = stale
+        self.early = early
+        self.stale_if_error = stale_if_error
+        self.error_ttl = error_ttl
+        self.cache_if = cache_if
+        self.tally = tally
+
+    @property
+    def keep(self) -> float:
+        """How long past its ttl a value may still serve: the longest window."""
+        return max(self.stale, self.stale_if_error)
+
+    def __repr__(self) -> str:
+        return (
+            f"Fleet(ttl={self.ttl!r}, stale={self.stale}, early={self.early}, "
+            f"stale_if_error={self.stale_if_error}, error_ttl={self.error_ttl}, "
+            f"cache_if={self.cache_if!r})"
+        )
+
+
 @runtime_checkable
 class Backend(Protocol):
     """What ``@singleflight(backend=...)`` accepts, such as ``coalesce.redis.RedisBackend``."""
@@ -108,6 +190,9 @@ class Backend(Protocol):
         :param ttl: seconds a value is kept in the store.
         :param is_async: ``True`` for an ``async def`` function: return an
             :class:`AsyncBinding`; else a :class:`Binding`.
+
+        A backend that keeps freshness across the fleet (R10) also takes
+        ``fleet: Fleet`` (see :func:`takes_fleet`); ``ttl`` may then be a callable.
         """
         ...
 
@@ -139,18 +224,53 @@ def check_backend(backend: object) -> Backend:
     return cast(Backend, backend)
 
 
-def bind_sync(backend: Backend, func: Callable[..., Any], *, name: str, ttl: float) -> Binding:
+def takes_fleet(backend: Backend) -> bool:
+    """Whether ``backend.bind()`` takes ``fleet=`` (freshness across the fleet, R10)."""
+    try:
+        parameters = inspect.signature(backend.bind).parameters
+    except (TypeError, ValueError):
+        return False
+    return "fleet" in parameters
+
+
+def _bind(
+    backend: Backend,
+    func: Callable[..., Any],
+    name: str,
+    ttl: Any,
+    is_async: bool,
+    fleet: Fleet | None,
+) -> object:
+    if fleet is None:
+        return backend.bind(func, name=name, ttl=ttl, is_async=is_async)
+    bind: Callable[..., object] = backend.bind
+    return bind(func, name=name, ttl=ttl, is_async=is_async, fleet=fleet)
+
+
+def bind_sync(
+    backend: Backend,
+    func: Callable[..., Any],
+    *,
+    name: str,
+    ttl: float | Callable[[Any], float],
+    fleet: Fleet | None = None,
+) -> Binding:
     """``backend.bind()`` for a ``def`` function, checked to be a :class:`Binding`."""
-    binding = backend.bind(func, name=name, ttl=ttl, is_async=False)
+    binding = _bind(backend, func, name, ttl, False, fleet)
     _check_binding(backend, binding, BINDING_METHODS, "is_async=False", "Binding")
     return cast(Binding, binding)
 
 
 def bind_async(
-    backend: Backend, func: Callable[..., Any], *, name: str, ttl: float
+    backend: Backend,
+    func: Callable[..., Any],
+    *,
+    name: str,
+    ttl: float | Callable[[Any], float],
+    fleet: Fleet | None = None,
 ) -> AsyncBinding:
     """``backend.bind()`` for an ``async def`` function, checked to be an :class:`AsyncBinding`."""
-    binding = backend.bind(func, name=name, ttl=ttl, is_async=True)
+    binding = _bind(backend, func, name, ttl, True, fleet)
     _check_binding(backend, binding, ASYNC_BINDING_METHODS, "is_async=True", "AsyncBinding")
     return cast(AsyncBinding, binding)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import threading
 from collections.abc import Callable, Coroutine, Hashable, MutableMapping
 from typing import (
     Any,
@@ -28,11 +29,20 @@ from typing import (
 )
 
 from . import _observe
-from ._backend import AsyncBinding, Backend, Binding, bind_async, bind_sync, check_backend
+from ._backend import (
+    AsyncBinding,
+    Backend,
+    Binding,
+    Fleet,
+    bind_async,
+    bind_sync,
+    check_backend,
+    takes_fleet,
+)
 from ._compile import Compiled, compile_wrapper
 from ._flight import AsyncGroup, Group, Stats
 from ._keys import check_key_callable, plan_key, qualname, unhashed
-from ._pinned import callable, getattr, hash, isinstance, iter, len, next
+from ._pinned import callable, getattr, hash, isinstance, iter, next
 from ._seconds import seconds
 from ._store import MappingStore, Store, TTLStore, TTLView
 
@@ -368,19 +378,6 @@ class _Options:
         maxsize_given = maxsize is not _DEFAULT_MAXSIZE
         if ttl is not None and not callable(ttl):
             ttl = seconds("ttl", ttl)
-        if backend is not None:
-            # S20: what the backend does not do yet is refused, never ignored.
-            ignored = [f"{n}=" for n in fresh.given()]
-            if callable(ttl):
-                ignored.insert(0, "ttl= (a callable)")
-            if ignored:
-                raise TypeError(
-                    f"{', '.join(ignored)} {'does' if len(ignored) == 1 else 'do'} not work "
-                    "with backend= yet: the backend would ignore "
-                    f"{'it' if len(ignored) == 1 else 'them'}; leave "
-                    f"{'it' if len(ignored) == 1 else 'them'} out (and give ttl= as a number "
-                    "of seconds), or drop backend= to use them with the built-in cache"
-                )
         if cache is not None and fresh.needs_ttl():
             raise TypeError(
                 f"{fresh.needs_ttl()} work with the built-in cache (ttl=), not with "
@@ -436,6 +433,18 @@ class _Options:
                     "backend= keeps results in the backend for ttl seconds: pass ttl= too"
                 )
             backend = check_backend(backend)
+            if not takes_fleet(backend):
+                # S20: what this backend cannot do is refused, never ignored.
+                ignored = [f"{n}=" for n in fresh.given()]
+                if callable(ttl):
+                    ignored.insert(0, "ttl= (a callable)")
+                if ignored:
+                    raise TypeError(
+                        f"{type(backend).__name__} does not keep freshness across processes "
+                        f"(its bind() takes no fleet=), so it would ignore "
+                        f"{', '.join(ignored)}: use a backend that does, such as "
+                        "coalesce.redis.RedisBackend, or leave them out"
+                    )
             if maxsize_given and not backend.local_ttl:
                 raise TypeError(
                     "maxsize= with backend= bounds the backend's local cache, which this "
@@ -557,14 +566,28 @@ def _build(func: Callable[..., Any], options: _Options) -> Any:
     store: Store | None
     run: Callable[..., Any] = func
     keyed = False
+    tally: _Tally | None = None
     if options.backend is not None:
         backend = options.backend
-        ttl = cast(float, options.ttl)  # seconds: _Options refuses None and callables
+        ttl = cast("float | Callable[[Any], float]", options.ttl)  # _Options refuses None
+        fleet: Fleet | None = None
+        if takes_fleet(backend):
+            tally = _Tally(group._stats)
+            fresh = options.fresh
+            fleet = Fleet(
+                ttl=ttl,
+                stale=fresh.stale,
+                early=fresh.early,
+                stale_if_error=fresh.stale_if_error,
+                error_ttl=fresh.error_ttl,
+                cache_if=fresh.cache_if,
+                tally=tally,
+            )
         if is_async:
-            abound = bind_async(backend, func, name=options.name or name, ttl=ttl)
+            abound = bind_async(backend, func, name=options.name or name, ttl=ttl, fleet=fleet)
             run = _through_async_binding(func, abound)
         else:
-            bound = bind_sync(backend, func, name=options.name or name, ttl=ttl)
+            bound = bind_sync(backend, func, name=options.name or name, ttl=ttl, fleet=fleet)
             run = _through_binding(func, bound)
         local_ttl = backend.local_ttl
         if local_ttl is not None:
@@ -592,12 +615,69 @@ def _build(func: Callable[..., Any], options: _Options) -> Any:
     group._describe = compiled.describe
     wrapper = compiled.wrapper
     functools.update_wrapper(wrapper, func)
-    _attach(wrapper, compiled, group, store, bound, abound, is_async)
+    _attach(wrapper, compiled, group, store, bound, abound, is_async, tally)
     # Its counters, published for as long as the wrapper lives (O1, O2).
     _observe.register(
         wrapper, options.name or name, group._stats, None if store is None else store.currsize
     )
     return wrapper
+
+
+_NOTHING_TOLD: Final = dict.fromkeys(("hit", "stale", "waited", "refreshed", "failed", "kept"), 0)
+
+
+class _Tally:
+    """What a backend reports about the calls it answered (``coalesce.Tally``, R10).
+
+    The group counted each such call as a miss; ``cache_info()`` moves the backend's
+    hits and stale serves to ``hits``, and its waits on other processes to
+    ``coalesced``. Calls through a backend cost a round trip, so a lock here is cheap.
+    """
+
+    __slots__ = ("counts", "lock", "stats")
+
+    NAMES: Final = ("hit", "stale", "waited", "refreshed", "failed", "kept")
+
+    def __init__(self, stats: Stats) -> None:
+        self.lock = threading.Lock()
+        self.counts = dict.fromkeys(self.NAMES, 0)
+        self.stats = stats  # a refresh running here is in in_flight
+
+    def _add(self, name: str) -> None:
+        with self.lock:
+            self.counts[name] += 1
+
+    def hit(self) -> None:
+        self._add("hit")
+
+    def stale(self) -> None:
+        self._add("stale")
+
+    def waited(self) -> None:
+        self._add("waited")
+
+    def refreshed(self) -> None:
+        self._add("refreshed")
+
+    def running(self) -> None:
+        next(self.stats.started)
+
+    def settled(self) -> None:
+        next(self.stats.ended)
+
+    def failed(self) -> None:
+        self._add("failed")
+
+    def kept(self) -> None:
+        self._add("kept")
+
+    def read(self) -> dict[str, int]:
+        with self.lock:
+            return dict(self.counts)
+
+    def reset(self) -> None:
+        with self.lock:
+            self.counts = dict.fromkeys(self.NAMES, 0)
 
 
 def _through_binding(func: Callable[..., Any], bound: Binding) -> Callable[..., Any]:
@@ -626,6 +706,7 @@ def _attach(
     bound: Binding | None,
     abound: AsyncBinding | None,
     is_async: bool,
+    tally: _Tally | None = None,
 ) -> None:
     """Give the wrapper its helpers: ``cache``, ``cache_key()``, ``cache_info()``, ..."""
     cache_key = compiled.cache_key  # the wrapper's own binding and key (_compile.py)
@@ -644,16 +725,18 @@ def _attach(
         """Counters and sizes: hits, misses, coalesced, errors, in_flight, currsize,
         maxsize, stale, refreshes."""
         counts = stats.snapshot()
+        told = tally.read() if tally is not None else _NOTHING_TOLD
+        answered = told["hit"]  # hits the group had counted as misses
         return CacheInfo(
-            counts.hits,
-            counts.misses,
-            counts.coalesced,
-            counts.errors,
+            counts.hits + answered,
+            max(0, counts.misses - answered),
+            counts.coalesced + told["waited"],
+            max(0, counts.errors + told["failed"] - told["kept"]),
             counts.in_flight,
             store.currsize() if store is not None else 0,
             store.maxsize_info() if store is not None else None,
-            counts.stale,
-            counts.refreshes,
+            counts.stale + told["stale"],
+            counts.refreshes + told["refreshed"],
         )
 
     def clear_here() -> None:
@@ -661,6 +744,8 @@ def _attach(
         if store is not None:
             store.clear()
         stats.reset()
+        if tally is not None:
+            tally.reset()
 
     def invalidate_here(key: Hashable) -> bool:
         group._discard(key)

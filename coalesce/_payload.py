@@ -286,7 +286,9 @@ RETRY: Final = b"r"
 """The kind of "the leader aborted": followers go round again, one of them leads."""
 LOCAL: Final = b"l"
 """The kind of "the value could not be serialised": followers run it themselves."""
-_KINDS: Final = frozenset((VALUE, ERROR, RETRY, LOCAL))
+TIMED: Final = b"t"
+"""The kind of a value with its times (R10): :func:`timed_body`, then the serialised value."""
+_KINDS: Final = frozenset((VALUE, ERROR, RETRY, LOCAL, TIMED))
 _UNSIGNED: Final = b"\x00"
 _SIGNED: Final = b"\x01"
 _MAC_LEN: Final = 32
@@ -398,6 +400,22 @@ def error_body(error: BaseException) -> bytes:
     return json.dumps(data, ensure_ascii=False).encode("utf-8")
 
 
+def kept_error_body(error: BaseException, born: float, ttl: float) -> bytes:
+    """An :data:`ERROR` body kept in a store for ``ttl`` seconds from ``born`` (wall clock,
+    ``error_ttl=``), so that every process judges its expiry by the same time (R10)."""
+    data = {"type": _error_type_name(error), "message": str(error), "born": born, "ttl": ttl}
+    return json.dumps(data, ensure_ascii=False).encode("utf-8")
+
+
+def error_kept_until(body: bytes) -> float:
+    """Until when (wall clock) a kept :data:`ERROR` body holds; ``inf`` if it says not."""
+    try:
+        data = json.loads(body)
+        return float(data["born"]) + float(data["ttl"])
+    except (ValueError, KeyError, TypeError):
+        return float("inf")
+
+
 def remote_error(body: bytes) -> RemoteError:
     """The :class:`coalesce.RemoteError` an :data:`ERROR` body stands for (R9)."""
     try:
@@ -405,3 +423,22 @@ def remote_error(body: bytes) -> RemoteError:
         return RemoteError(str(data["type"]), str(data["message"]))
     except (ValueError, KeyError, TypeError):
         return RemoteError("Exception", "the leader in another process failed")
+
+
+def timed_body(born: float, ttl: float, delta: float, data: bytes) -> bytes:
+    """The body of a :data:`TIMED` payload: when it was stored (wall clock, seconds),
+    its ttl, how long computing it took, then the serialised value (R10)."""
+    return b"%r %r %r\n" % (born, ttl, delta) + data
+
+
+def open_timed(body: bytes) -> tuple[float, float, float, bytes] | None:
+    """``(born, ttl, delta, data)`` of a :data:`TIMED` body, or ``None`` if malformed."""
+    head, sep, data = body.partition(b"\n")
+    parts = head.split(b" ")
+    if not sep or len(parts) != 3:
+        return None
+    try:
+        born, ttl, delta = (float(part) for part in parts)
+    except ValueError:
+        return None
+    return born, ttl, delta, data

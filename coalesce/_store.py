@@ -53,6 +53,7 @@ __all__ = (
     "Store",
     "TTLStore",
     "TTLView",
+    "xfetch_gap",
 )
 
 
@@ -218,7 +219,7 @@ class TTLStore:
 
     def refresh_early(self, entry: Entry) -> bool:
         """XFetch (F2): recompute before expiry, likelier as it nears, scaled by delta."""
-        gap = -entry[DELTA] * self.early * math.log(1.0 - random.random())
+        gap = xfetch_gap(entry[DELTA], self.early)
         return _time.monotonic() + gap >= entry[FRESH] or (
             self.dual and _time.time() + gap >= entry[FRESH_WALL]
         )
@@ -397,6 +398,13 @@ class TTLStore:
 
     def maxsize_info(self) -> int | None:
         return self.maxsize
+
+
+def xfetch_gap(delta: float, beta: float) -> float:
+    """XFetch's draw (F2): refresh when fewer seconds than this are left of a result's
+    ttl. ``delta`` is how long computing it took, ``beta`` the ``early=`` factor. The
+    built-in store and a backend's fleet-wide freshness (R10) both decide with it."""
+    return -delta * beta * math.log(1.0 - random.random())
 
 
 class TTLView(MutableMapping[Hashable, Any]):

@@ -45,28 +45,36 @@ import secrets
 import threading
 import time
 from collections.abc import Awaitable, Callable, Generator, Hashable
+from types import TracebackType
 from typing import Any, Final, Literal, TypeVar, cast, final
 
 import redis
 import redis.asyncio
 from redis.exceptions import RedisError
 
+from coalesce._backend import Fleet
 from coalesce._fork import at_fork
 from coalesce._payload import (
     DIGEST_LEN,
     ERROR,
     LOCAL,
     RETRY,
+    TIMED,
     VALUE,
     Codec,
     Serializer,
     check_signing_key,
     error_body,
+    error_kept_until,
+    kept_error_body,
     key_digest,
+    open_timed,
     remote_error,
     serializer_for,
+    timed_body,
 )
-from coalesce._seconds import seconds
+from coalesce._seconds import returned, seconds
+from coalesce._store import xfetch_gap
 
 __all__ = ("RedisBackend", "Serializer")
 
@@ -86,28 +94,75 @@ _DONE_MS: Final = 2000
 
 # ------------------------------------------------------------------------------- scripts
 
-# KEYS: value, lease. ARGV: token, lease ms, "1" to skip the value (it failed to verify).
+# Every key of one cache key starts with its value key: the value, ``:lease``,
+# ``:done:<token>`` and ``:gen``, the key's generation, which invalidate() and
+# cache_clear() step (R11). A store names the generation it read when its execution
+# began, and a script stores nothing when the generation has moved since.
+
+# KEYS: value, lease, generation. ARGV: token, lease ms, "1" to skip the value (it
+# failed to verify, or is past its windows). Replies {1, value}, {2, generation}
+# (this caller leads) or {3, leader's token, lease ms left, generation}.
 _ACQUIRE: Final = """
 if ARGV[3] == '0' then
   local value = redis.call('GET', KEYS[1])
   if value then return {1, value} end
 end
-if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2} end
-return {3, redis.call('GET', KEYS[2]), redis.call('PTTL', KEYS[2])}
+local gen = redis.call('GET', KEYS[3]) or '0'
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2, gen} end
+return {3, redis.call('GET', KEYS[2]), redis.call('PTTL', KEYS[2]), gen}
 """
 
-# KEYS: value, lease, done list. ARGV: token, outcome, done-list ms, "1" to store the
-# outcome as the value, value ms. Releases the lease only if ARGV[1] still holds it.
+# KEYS: lease, generation. ARGV: token, lease ms. A background refresh takes the lease
+# or does nothing (R10: one refresh in the fleet): the generation, or nil.
+_TRY_LEASE: Final = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return redis.call('GET', KEYS[2]) or '0'
+end
+return false
+"""
+
+# KEYS: value, lease, done list, generation. ARGV: token, outcome, done-list ms, value
+# ms (0: do not store the outcome), the generation read when the execution began.
+# Stores only if no invalidate() came since (R11); releases the lease only if ARGV[1]
+# still holds it. Returns 1 if it stored.
 _FINISH: Final = """
-if ARGV[4] == '1' then redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[5]) end
+local stored = 0
+if ARGV[4] ~= '0' and (redis.call('GET', KEYS[4]) or '0') == ARGV[5] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[4])
+  stored = 1
+end
 redis.call('RPUSH', KEYS[3], ARGV[2])
 redis.call('PEXPIRE', KEYS[3], ARGV[3])
 if redis.call('GET', KEYS[2]) == ARGV[1] then
   redis.call('DEL', KEYS[2])
+end
+return stored
+"""
+
+# KEYS: value, generation. ARGV: payload, value ms, generation read at the start. A
+# value computed outside any lease (after wait_timeout), stored unless invalidated.
+_PUT: Final = """
+if (redis.call('GET', KEYS[2]) or '0') == ARGV[3] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
   return 1
 end
 return 0
 """
+
+# KEYS: value, lease, generation. ARGV: generation ms. invalidate() (R11): the value
+# and the lease go, and the generation steps, so no execution that began before
+# stores. Returns 1 if a value was there.
+_DROP: Final = """
+local had = redis.call('DEL', KEYS[1])
+redis.call('DEL', KEYS[2])
+redis.call('INCR', KEYS[3])
+redis.call('PEXPIRE', KEYS[3], ARGV[1])
+return had
+"""
+
+# How long a key's generation outlives its last invalidate(): longer than any
+# execution that could still try to store under the old one.
+_GEN_MS: Final = 24 * 3600 * 1000
 
 # KEYS: lease. ARGV: token, lease ms. Extends the lease only if ARGV[1] still holds it.
 _EXTEND: Final = """
@@ -131,6 +186,28 @@ class _Acquire:
         self.lease_key = lease_key
         self.token = token
         self.skip_value = skip_value
+
+
+class _TryLease:
+    """Take the lease for a background refresh, or learn that another holds it."""
+
+    __slots__ = ("lease_key", "token", "value_key")
+
+    def __init__(self, value_key: str, lease_key: str, token: str) -> None:
+        self.value_key = value_key
+        self.lease_key = lease_key
+        self.token = token
+
+
+class _Spawn:
+    """Start a background refresh of ``key`` (R10) and go on at once."""
+
+    __slots__ = ("key", "old", "value_key")
+
+    def __init__(self, key: Hashable, value_key: str, old: Any) -> None:
+        self.key = key
+        self.value_key = value_key
+        self.old = old  # the value served meanwhile (kept for stale_if_error)
 
 
 class _Block:
@@ -164,32 +241,51 @@ class _Run:
 
 
 class _Finish:
-    """Publish a leader's outcome, store it if it is a value, release the lease."""
+    """Publish a leader's outcome, store it for ``store_ms`` (0: not), release the lease."""
 
-    __slots__ = ("done_key", "lease_key", "outcome", "store", "token", "value_key")
+    __slots__ = ("done_key", "gen", "lease_key", "outcome", "store_ms", "token", "value_key")
 
     def __init__(
-        self, value_key: str, lease_key: str, token: str, outcome: bytes, *, store: bool
+        self,
+        value_key: str,
+        lease_key: str,
+        token: str,
+        outcome: bytes,
+        *,
+        store_ms: int = 0,
+        gen: bytes = b"0",
     ) -> None:
         self.value_key = value_key
         self.lease_key = lease_key
         self.done_key = f"{value_key}:done:{token}"
         self.token = token
         self.outcome = outcome
-        self.store = store
+        self.store_ms = store_ms
+        self.gen = gen
 
 
 class _Store:
-    """Store a value computed outside any lease (after ``wait_timeout``)."""
+    """Store a value computed outside any lease (after ``wait_timeout``), unless invalidated."""
 
-    __slots__ = ("payload", "value_key")
+    __slots__ = ("gen", "payload", "store_ms", "value_key")
 
-    def __init__(self, value_key: str, payload: bytes) -> None:
+    def __init__(self, value_key: str, payload: bytes, store_ms: int, gen: bytes) -> None:
         self.value_key = value_key
         self.payload = payload
+        self.store_ms = store_ms
+        self.gen = gen
 
 
-_Step = _Acquire | _Block | _Discard | _Run | _Finish | _Store
+_Step = _Acquire | _TryLease | _Spawn | _Block | _Discard | _Run | _Finish | _Store
+
+# What a value read from Redis is for this process's clock (R10): the same verdict in
+# every process, since the store time and ttl travel with the value.
+_FRESH: Final = 0
+_EARLY: Final = 1  # fresh, but XFetch (F2) says refresh it now
+_STALE: Final = 2  # past ttl, within stale: serve it, refresh behind it
+_RESCUE: Final = 3  # past ttl and stale, within stale_if_error: only if recomputing fails
+_GONE: Final = 4
+_NONE: Final[Any] = object()  # no old value to fall back on
 
 
 class _Ran:
@@ -369,9 +465,19 @@ class RedisBackend:
         )
 
     def bind(
-        self, func: Callable[..., Any], *, name: str, ttl: float, is_async: bool
+        self,
+        func: Callable[..., Any],
+        *,
+        name: str,
+        ttl: float | Callable[[Any], float],
+        is_async: bool,
+        fleet: Fleet | None = None,
     ) -> _SyncBinding | _AsyncBinding:
-        """Prepare the backend for one decorated function (called once, when decorating)."""
+        """Prepare the backend for one decorated function (called once, when decorating).
+
+        ``fleet`` carries the freshness options (R10); ``ttl`` may then be a callable
+        ``(result) -> seconds``.
+        """
         label = getattr(func, "__qualname__", None) or repr(func)
         if is_async != self.is_async:
             if is_async:
@@ -391,7 +497,14 @@ class RedisBackend:
                 f"Redis key {self.prefix}:<name>:<digest>), not {name!r}"
             )
         binding = _AsyncBinding if is_async else _SyncBinding
-        return binding(self, name, seconds("ttl", ttl))
+        if callable(ttl):
+            if fleet is None or fleet.ttl is not ttl:
+                raise TypeError(
+                    "a ttl callable needs fleet=coalesce.Fleet(ttl=...) too; "
+                    "@singleflight(ttl=..., backend=...) passes both"
+                )
+            return binding(self, name, 0.0, fleet)
+        return binding(self, name, seconds("ttl", ttl), fleet)
 
     # -- outages (R6)
 
@@ -434,14 +547,33 @@ class RedisBackend:
 class _Binding:
     """One decorated function's view of the backend: key names, payloads, the protocol."""
 
-    __slots__ = ("backend", "codec", "name", "ttl", "ttl_ms")
+    __slots__ = (
+        "_raised",
+        "_refreshing",
+        "backend",
+        "codec",
+        "fleet",
+        "name",
+        "tally",
+        "ttl",
+        "ttl_ms",
+    )
 
-    def __init__(self, backend: RedisBackend, name: str, ttl: float) -> None:
+    def __init__(
+        self, backend: RedisBackend, name: str, ttl: float, fleet: Fleet | None = None
+    ) -> None:
         self.backend = backend
         self.codec = backend._codec
         self.name = name
         self.ttl = ttl
         self.ttl_ms = max(1, math.ceil(ttl * 1000))
+        self.fleet = fleet if fleet is not None else Fleet(ttl=ttl)
+        self.tally = self.fleet.tally if self.fleet.tally is not None else _NO_TALLY
+        # Errors this process raised and kept in Redis (error_ttl=): the same object is
+        # raised here again (F4); other processes raise a RemoteError.
+        self._raised: dict[str, tuple[bytes, BaseException, TracebackType | None]] = {}
+        # Keys whose background refresh this process is running (at most one each).
+        self._refreshing: set[str] = set()
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.backend.prefix}:{self.name} ttl={self.ttl}>"
@@ -467,10 +599,93 @@ class _Binding:
             and all(c in "0123456789abcdef" for c in tail)
         )
 
+    def _owner(self, key: bytes | str) -> str | None:
+        """The value key that ``key`` (a value, a lease) belongs to, else ``None``."""
+        text = key.decode("utf-8", "replace") if isinstance(key, bytes) else key
+        if text.endswith(":lease"):
+            text = text[: -len(":lease")]
+        return text if self._is_value_key(text) else None
+
     # -- payloads (R7)
 
     def _seal(self, vkey: str, kind: bytes, body: bytes) -> bytes:
         return self.codec.seal(vkey, kind, body)
+
+    def _timed(self, vkey: str, value: Any, delta: float) -> tuple[bytes, int]:
+        """The payload of a value and how long Redis keeps it, in ms (0: not kept).
+
+        Raises what the serialiser raises.
+        """
+        fleet = self.fleet
+        lifetime = fleet.ttl
+        ttl = (
+            returned(f"the ttl callable of {self.name}()", lifetime(value))
+            if callable(lifetime)
+            else lifetime
+        )
+        keep = ttl > 0 and (fleet.cache_if is None or bool(fleet.cache_if(value)))
+        body = timed_body(time.time(), ttl, delta, self.backend.serializer.dumps(value))
+        store_ms = max(1, math.ceil((ttl + fleet.keep) * 1000)) if keep else 0
+        return self._seal(vkey, TIMED, body), store_ms
+
+    def _judge(self, born: float, ttl: float, delta: float) -> int:
+        """What a value stored at ``born`` (wall clock) is now, by this process's clock."""
+        fleet = self.fleet
+        age = time.time() - born
+        if age < ttl:
+            if fleet.early and delta > 0 and xfetch_gap(delta, fleet.early) >= ttl - age:
+                return _EARLY
+            return _FRESH
+        if age < ttl + fleet.stale:
+            return _STALE
+        if age < ttl + fleet.stale_if_error:
+            return _RESCUE
+        return _GONE
+
+    def _opened(self, vkey: str, payload: bytes) -> tuple[bytes, Any, int]:
+        """``(kind, value, verdict)`` of a payload; kind ``b""`` if it is unusable.
+
+        For an :data:`ERROR` the value is the body.
+        """
+        opened = self.codec.open(vkey, payload)
+        if opened is None:
+            return b"", None, _GONE
+        kind, body = opened
+        if kind == TIMED:
+            timed = open_timed(body)
+            if timed is None:
+                _log.warning("coalesce: %s holds a malformed value; ignoring it", vkey)
+                return b"", None, _GONE
+            born, ttl, delta, data = timed
+            found, value = self.codec.load(vkey, data)
+            return (TIMED, value, self._judge(born, ttl, delta)) if found else (b"", None, _GONE)
+        if kind == VALUE:
+            found, value = self.codec.load(vkey, body)
+            return (VALUE, value, _FRESH) if found else (b"", None, _GONE)
+        return kind, body, _FRESH
+
+    def _kept_error(self, vkey: str, payload: bytes, body: bytes) -> BaseException:
+        """A kept error (error_ttl=, F4): the same object where it was raised, else remote."""
+        raised = self._raised.get(vkey)
+        if raised is not None and raised[0] == payload:
+            return raised[1].with_traceback(raised[2])
+        return remote_error(body)
+
+    def _keep_raised(self, vkey: str, payload: bytes, error: BaseException) -> None:
+        raised = self._raised
+        raised.pop(vkey, None)
+        raised[vkey] = (payload, error, error.__traceback__)
+        while len(raised) > _RAISED_MAX:
+            del raised[next(iter(raised))]
+
+    def _rescued(self, error: BaseException) -> None:
+        self.tally.failed()
+        _log.warning(
+            "coalesce: %s() failed (%s: %s); serving its previous result (stale_if_error)",
+            self.name,
+            type(error).__name__,
+            error,
+        )
 
     # -- the protocol, I/O-free: it yields steps and the drivers carry them out
 
@@ -479,30 +694,47 @@ class _Binding:
         vkey = self.redis_key(key)
         lkey = f"{vkey}:lease"
         backend = self.backend
+        tally = self.tally
         if not backend._redis_usable():
-            return (yield from self._local(vkey, lkey, store=False))
+            return (yield from self._local(vkey, lkey, None))
         token = secrets.token_hex(16)
         deadline = time.monotonic() + backend.wait_timeout
         skip_value = False
+        rescue: Any = _NONE  # an old value, served if recomputing fails (stale_if_error)
         while True:
             try:
                 reply = yield _Acquire(vkey, lkey, token, skip_value)
             except RedisError as exc:
                 backend._failed(exc, self.name)
-                return (yield from self._local(vkey, lkey, store=False))
+                return (yield from self._local(vkey, lkey, None))
             backend._answered()
             skip_value = False
             state = int(reply[0])
-            if state == 1:  # a hit
-                opened = self.codec.open(vkey, bytes(reply[1]))
-                if opened is not None and opened[0] == VALUE:
-                    found, value = self.codec.load(vkey, opened[1])
-                    if found:
+            if state == 1:  # a value is there: judge it by its store time (R10)
+                payload = bytes(reply[1])
+                kind, value, verdict = self._opened(vkey, payload)
+                if kind == ERROR and time.time() < error_kept_until(value):  # error_ttl (F4)
+                    tally.hit()
+                    tally.kept()
+                    raise self._kept_error(vkey, payload, value)
+                if kind in (VALUE, TIMED):
+                    if verdict == _FRESH:
+                        tally.hit()
                         return value
-                skip_value = True  # a miss: the next round takes the lease and replaces it
+                    if verdict in (_EARLY, _STALE):
+                        tally.hit()
+                        if verdict == _STALE:
+                            tally.stale()
+                        yield _Spawn(key, vkey, value)
+                        return value
+                    if verdict == _RESCUE:
+                        rescue = value
+                # A miss: the next round takes the lease (or follows) and replaces it.
+                skip_value = True
                 continue
             if state == 2:  # this caller leads
-                return (yield from self._lead(vkey, lkey, token))
+                gen = bytes(reply[1])
+                return (yield from self._lead(vkey, lkey, token, gen, rescue, background=False))
             # Another process leads: wait for its outcome on the flight's own list, no
             # longer than its lease has left (it may have died) or our deadline.
             leader = bytes(reply[1]).decode("ascii")
@@ -515,7 +747,7 @@ class _Binding:
                     reprlib.repr(key),
                     backend.wait_timeout,
                 )
-                return (yield from self._local(vkey, lkey, store=True))
+                return (yield from self._local(vkey, lkey, bytes(reply[3])))
             lease_ms = int(reply[2])
             if lease_ms < 0:  # a lease without expiry was not set by coalesce: bound the wait
                 lease_ms = self._lease_ms()
@@ -525,53 +757,99 @@ class _Binding:
                 item = yield _Block(done_key, max(block, 0.001))
             except RedisError as exc:
                 backend._failed(exc, self.name)
-                return (yield from self._local(vkey, lkey, store=False))
+                return (yield from self._local(vkey, lkey, None))
             if item is None:
                 continue  # the lease ran out, or was renewed: look again
-            opened = self.codec.open(vkey, bytes(item))
-            if opened is not None:
-                kind, body = opened
-                if kind == VALUE:
-                    found, value = self.codec.load(vkey, body)
-                    if found:
-                        return value
-                elif kind == ERROR:
-                    raise remote_error(body)
-                elif kind == LOCAL:
-                    return (yield from self._local(vkey, lkey, store=False))
-                elif kind == RETRY:
-                    continue  # the leader aborted and freed its lease: look again
+            kind, value, _verdict = self._opened(vkey, bytes(item))
+            if kind in (VALUE, TIMED):
+                tally.waited()
+                return value
+            if kind == ERROR:
+                tally.waited()
+                error = remote_error(value)
+                if rescue is not _NONE:
+                    self._rescued(error)
+                    return rescue
+                raise error
+            if kind == LOCAL:
+                return (yield from self._local(vkey, lkey, None))
+            if kind == RETRY:
+                continue  # the leader aborted and freed its lease: look again
             # Not usable (forged, or unreadable): remove it, or every pop would return it
             # at once; then look again.
             try:
                 yield _Discard(done_key, bytes(item))
             except RedisError as exc:
                 backend._failed(exc, self.name)
-                return (yield from self._local(vkey, lkey, store=False))
+                return (yield from self._local(vkey, lkey, None))
 
-    def _lead(self, vkey: str, lkey: str, token: str) -> Generator[_Step, Any, Any]:
+    def refresh(self, key: Hashable, old: Any) -> Generator[_Step, Any, None]:
+        """A background refresh (R10): take the key's lease, or leave it to its holder."""
+        vkey = self.redis_key(key)
+        lkey = f"{vkey}:lease"
+        token = secrets.token_hex(16)
+        try:
+            gen = yield _TryLease(vkey, lkey, token)
+        except RedisError as exc:
+            self.backend._failed(exc, self.name, may_raise=False)
+            return
+        if gen is None:
+            return  # another process (or thread) refreshes it: one in the fleet
+        self.tally.refreshed()
+        rescue = old if self.fleet.stale_if_error else _NONE
+        yield from self._lead(vkey, lkey, token, bytes(gen), rescue, background=True)
+
+    def _lead(
+        self, vkey: str, lkey: str, token: str, gen: bytes, rescue: Any, *, background: bool
+    ) -> Generator[_Step, Any, Any]:
         backend = self.backend
+        started = time.monotonic()
         try:
             ran: _Ran = yield _Run(lkey, token)
         except BaseException:
             # KeyboardInterrupt, SystemExit, cancellation: free the lease and tell the
             # followers to look again, so that one of them leads at once.
             try:
-                yield _Finish(vkey, lkey, token, self._seal(vkey, RETRY, b""), store=False)
+                yield _Finish(vkey, lkey, token, self._seal(vkey, RETRY, b""))
             except RedisError as exc:
                 backend._failed(exc, self.name, may_raise=False)
             raise
+        delta = time.monotonic() - started
         if ran.error is not None:
             error = ran.error
-            body = error_body(error)
+            # Kept for error_ttl (F4) only when it answers callers: not a background
+            # refresh's, and not one that stale_if_error covers with the old value.
+            keep = bool(self.fleet.error_ttl) and not background and rescue is _NONE
+            body = (
+                kept_error_body(error, time.time(), self.fleet.error_ttl)
+                if keep
+                else error_body(error)
+            )
+            sealed = self._seal(vkey, ERROR, body)
+            store_ms = max(1, math.ceil(self.fleet.error_ttl * 1000)) if keep else 0
             try:
-                yield _Finish(vkey, lkey, token, self._seal(vkey, ERROR, body), store=False)
+                yield _Finish(vkey, lkey, token, sealed, store_ms=store_ms, gen=gen)
             except RedisError as exc:
                 backend._failed(exc, self.name, may_raise=False)
+            if rescue is not _NONE:
+                self._rescued(error)
+                return rescue
+            if background:
+                self.tally.failed()
+                _log.warning(
+                    "coalesce: background refresh of %s() failed (%s: %s); the stored "
+                    "result stays until it expires",
+                    self.name,
+                    type(error).__name__,
+                    error,
+                )
+                return None
+            if keep:
+                self._keep_raised(vkey, sealed, error)
             raise error
         value = ran.value
         try:
-            payload = self._seal(vkey, VALUE, backend.serializer.dumps(value))
+            payload, store_ms = self._timed(vkey, value, delta)
         except Exception as exc:
             _log.warning(
                 "coalesce: the result of %s could not be serialised with %r (%s: %s); it is "
@@ -583,30 +861,32 @@ class _Binding:
                 exc,
             )
             try:
-                yield _Finish(vkey, lkey, token, self._seal(vkey, LOCAL, b""), store=False)
+                yield _Finish(vkey, lkey, token, self._seal(vkey, LOCAL, b""))
             except RedisError as redis_exc:
                 backend._failed(redis_exc, self.name, may_raise=False)
             return value
         try:
-            yield _Finish(vkey, lkey, token, payload, store=True)
+            yield _Finish(vkey, lkey, token, payload, store_ms=store_ms, gen=gen)
         except RedisError as exc:
             backend._failed(exc, self.name)
         return value
 
-    def _local(self, vkey: str, lkey: str, *, store: bool) -> Generator[_Step, Any, Any]:
-        """Run the function in this process, outside any lease."""
+    def _local(self, vkey: str, lkey: str, gen: bytes | None) -> Generator[_Step, Any, Any]:
+        """Run the function in this process, outside any lease; store it under ``gen``."""
+        started = time.monotonic()
         ran: _Ran = yield _Run(lkey, None)
         if ran.error is not None:
             raise ran.error
-        if store:
+        if gen is not None:
             try:
-                payload = self._seal(vkey, VALUE, self.backend.serializer.dumps(ran.value))
+                payload, store_ms = self._timed(vkey, ran.value, time.monotonic() - started)
             except Exception:
                 return ran.value  # nothing to share; the caller still gets its value
-            try:
-                yield _Store(vkey, payload)
-            except RedisError as exc:
-                self.backend._failed(exc, self.name, may_raise=False)
+            if store_ms:
+                try:
+                    yield _Store(vkey, payload, store_ms, gen)
+                except RedisError as exc:
+                    self.backend._failed(exc, self.name, may_raise=False)
         return ran.value
 
     # -- what the drivers share
@@ -614,14 +894,29 @@ class _Binding:
     def _lease_ms(self) -> int:
         return max(1, math.ceil(self.backend.lease_ttl * 1000))
 
-    def _finish_args(self, step: _Finish) -> tuple[tuple[str, str, str], tuple[Any, ...]]:
-        return (step.value_key, step.lease_key, step.done_key), (
+    def _finish_args(self, step: _Finish) -> tuple[tuple[str, ...], tuple[Any, ...]]:
+        return (step.value_key, step.lease_key, step.done_key, f"{step.value_key}:gen"), (
             step.token,
             step.outcome,
             min(self._lease_ms(), _DONE_MS),
-            "1" if step.store else "0",
-            self.ttl_ms,
+            step.store_ms,
+            step.gen,
         )
+
+    def _drop_keys(self, vkey: str) -> tuple[str, str, str]:
+        return vkey, f"{vkey}:lease", f"{vkey}:gen"
+
+    def _spawning(self, step: _Spawn) -> bool:
+        """Whether to start the refresh ``step`` asks for (one per key per process)."""
+        if step.value_key in self._refreshing:
+            return False
+        self._refreshing.add(step.value_key)
+        self.tally.running()  # until _done_refreshing: in cache_info().in_flight
+        return True
+
+    def _done_refreshing(self, step: _Spawn) -> None:
+        self._refreshing.discard(step.value_key)
+        self.tally.settled()
 
     def _lost_lease(self) -> None:
         _log.warning(
@@ -632,14 +927,50 @@ class _Binding:
         )
 
 
+class _NoTally:
+    """Counts nothing: a binding made outside ``@singleflight``."""
+
+    __slots__ = ()
+
+    def hit(self) -> None:
+        pass
+
+    def stale(self) -> None:
+        pass
+
+    def waited(self) -> None:
+        pass
+
+    def refreshed(self) -> None:
+        pass
+
+    def failed(self) -> None:
+        pass
+
+    def kept(self) -> None:
+        pass
+
+    def running(self) -> None:
+        pass
+
+    def settled(self) -> None:
+        pass
+
+
+_NO_TALLY: Final = _NoTally()
+_RAISED_MAX: Final = 1024
+
+
 @final
 class _SyncBinding(_Binding):
     """The driver for ``def`` functions and ``redis.Redis``."""
 
-    __slots__ = ("_acquire", "_execute", "_extend", "_finish", "client")
+    __slots__ = ("_acquire", "_drop", "_execute", "_extend", "_finish", "_put", "_try", "client")
 
-    def __init__(self, backend: RedisBackend, name: str, ttl: float) -> None:
-        super().__init__(backend, name, ttl)
+    def __init__(
+        self, backend: RedisBackend, name: str, ttl: float, fleet: Fleet | None = None
+    ) -> None:
+        super().__init__(backend, name, ttl, fleet)
         client = cast(redis.Redis, backend.client)
         self.client = client
         # redis-py types BLMOVE's timeout as int and LREM's value as str; Redis takes
@@ -648,17 +979,22 @@ class _SyncBinding(_Binding):
         self._acquire = client.register_script(_ACQUIRE)
         self._finish = client.register_script(_FINISH)
         self._extend = client.register_script(_EXTEND)
+        self._try = client.register_script(_TRY_LEASE)
+        self._put = client.register_script(_PUT)
+        self._drop = client.register_script(_DROP)
 
     def call(self, key: Hashable, compute: Callable[[], R]) -> R:
         """The value for ``key``: from Redis, from a leader elsewhere, or computed here."""
-        steps = self.flight(key)
+        return cast(R, self._drive(self.flight(key), compute))
+
+    def _drive(self, steps: Generator[_Step, Any, Any], compute: Callable[[], Any]) -> Any:
         sent: Any = None
         error: BaseException | None = None
         while True:
             try:
                 step = steps.send(sent) if error is None else steps.throw(error)
             except StopIteration as stop:
-                return cast(R, stop.value)
+                return stop.value
             sent = error = None
             try:
                 sent = self._perform(step, compute)
@@ -668,7 +1004,24 @@ class _SyncBinding(_Binding):
     def _perform(self, step: _Step, compute: Callable[[], Any]) -> Any:
         if isinstance(step, _Run):
             return self._run(step, compute)
+        if isinstance(step, _Spawn):
+            if self._spawning(step):
+                threading.Thread(
+                    target=self._background,
+                    args=(step, compute),
+                    name=f"coalesce-refresh:{self.name}",
+                    daemon=True,
+                ).start()
+            return None
         return self._command(step)
+
+    def _background(self, step: _Spawn, compute: Callable[[], Any]) -> None:
+        try:
+            self._drive(self.refresh(step.key, step.old), compute)
+        except Exception as exc:  # a refresh answers nobody: log what escaped it
+            _log.warning("coalesce: background refresh of %s() failed: %r", self.name, exc)
+        finally:
+            self._done_refreshing(step)
 
     def _run(self, step: _Run, compute: Callable[[], Any]) -> _Ran:
         if step.token is None:
@@ -691,10 +1044,10 @@ class _SyncBinding(_Binding):
         finally:
             stop.set()
 
-    def _command(self, step: _Acquire | _Block | _Discard | _Finish | _Store) -> Any:
+    def _command(self, step: _Acquire | _TryLease | _Block | _Discard | _Finish | _Store) -> Any:
         if isinstance(step, _Acquire):
             return self._acquire(
-                keys=(step.value_key, step.lease_key),
+                keys=(step.value_key, step.lease_key, f"{step.value_key}:gen"),
                 args=(step.token, self._lease_ms(), "1" if step.skip_value else "0"),
             )
         if isinstance(step, _Block):
@@ -706,7 +1059,15 @@ class _SyncBinding(_Binding):
             return self._finish(keys=keys, args=args)
         if isinstance(step, _Discard):
             return self._execute("LREM", step.done_key, 1, step.item)
-        return self.client.set(step.value_key, step.payload, px=self.ttl_ms)
+        if isinstance(step, _TryLease):
+            return self._try(
+                keys=(step.lease_key, f"{step.value_key}:gen"),
+                args=(step.token, self._lease_ms()),
+            )
+        return self._put(
+            keys=(step.value_key, f"{step.value_key}:gen"),
+            args=(step.payload, step.store_ms, step.gen),
+        )
 
     def _renew(self, lease_key: str, token: str, stop: threading.Event) -> None:
         interval = self.backend.lease_ttl / 3
@@ -722,55 +1083,83 @@ class _SyncBinding(_Binding):
                 return
 
     def invalidate(self, key: Hashable) -> bool:
-        """Delete the value for ``key`` in Redis; ``True`` if one was there."""
+        """Delete the value and the lease of ``key`` in Redis (R11); ``True`` if a value was."""
         vkey = self.redis_key(key)
         try:
-            return bool(self.client.delete(vkey))
+            return bool(self._drop(keys=self._drop_keys(vkey), args=(_GEN_MS,)))
         except RedisError as exc:
             self.backend._failed(exc, self.name)
             return False
 
     def clear(self) -> None:
-        """Delete every value of this function in Redis (``SCAN``, never ``KEYS``)."""
+        """Delete every value and lease of this function in Redis (``SCAN``, never ``KEYS``)."""
         try:
-            batch: list[bytes] = []
-            for found in self.client.scan_iter(match=self._pattern(), count=500):
-                if self._is_value_key(found):
-                    batch.append(found)
+            batch: list[str] = []
+            for found in self.client.scan_iter(match=self._pattern() + "*", count=500):
+                vkey = self._owner(found)
+                if vkey is not None:
+                    batch.append(vkey)
                     if len(batch) >= 500:
-                        self.client.unlink(*batch)
-                        batch.clear()
-            if batch:
-                self.client.unlink(*batch)
+                        self._drop_all(batch)
+            self._drop_all(batch)
         except RedisError as exc:
             self.backend._failed(exc, self.name)
+
+    def _drop_all(self, batch: list[str]) -> None:
+        if not batch:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for vkey in dict.fromkeys(batch):
+            self._drop(keys=self._drop_keys(vkey), args=(_GEN_MS,), client=pipe)
+        pipe.execute()
+        batch.clear()
 
 
 @final
 class _AsyncBinding(_Binding):
     """The driver for ``async def`` functions and ``redis.asyncio.Redis``."""
 
-    __slots__ = ("_acquire", "_execute", "_extend", "_finish", "client")
+    __slots__ = (
+        "_acquire",
+        "_drop",
+        "_execute",
+        "_extend",
+        "_finish",
+        "_put",
+        "_tasks",
+        "_try",
+        "client",
+    )
 
-    def __init__(self, backend: RedisBackend, name: str, ttl: float) -> None:
-        super().__init__(backend, name, ttl)
+    def __init__(
+        self, backend: RedisBackend, name: str, ttl: float, fleet: Fleet | None = None
+    ) -> None:
+        super().__init__(backend, name, ttl, fleet)
         client = cast(redis.asyncio.Redis, backend.client)
         self.client = client
         self._execute = cast(Callable[..., Awaitable[Any]], client.execute_command)
         self._acquire = client.register_script(_ACQUIRE)
         self._finish = client.register_script(_FINISH)
         self._extend = client.register_script(_EXTEND)
+        self._try = client.register_script(_TRY_LEASE)
+        self._put = client.register_script(_PUT)
+        self._drop = client.register_script(_DROP)
+        self._tasks: set[asyncio.Task[None]] = set()  # background refreshes, kept alive
 
     async def acall(self, key: Hashable, compute: Callable[[], Awaitable[R]]) -> R:
         """The value for ``key``: from Redis, from a leader elsewhere, or computed here."""
-        steps = self.flight(key)
+        return cast(R, await self._drive(self.flight(key), compute))
+
+    async def _drive(
+        self, steps: Generator[_Step, Any, Any], compute: Callable[[], Awaitable[Any]]
+    ) -> Any:
         sent: Any = None
         error: BaseException | None = None
         while True:
             try:
                 step = steps.send(sent) if error is None else steps.throw(error)
             except StopIteration as stop:
-                return cast(R, stop.value)
+                return stop.value
             sent = error = None
             try:
                 sent = await self._perform(step, compute)
@@ -780,6 +1169,14 @@ class _AsyncBinding(_Binding):
     async def _perform(self, step: _Step, compute: Callable[[], Awaitable[Any]]) -> Any:
         if isinstance(step, _Run):
             return await self._run(step, compute)
+        if isinstance(step, _Spawn):
+            if self._spawning(step):
+                task = asyncio.get_running_loop().create_task(
+                    self._background(step, compute), name=f"coalesce-refresh:{self.name}"
+                )
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+            return None
         try:
             return await self._command(step)
         except RuntimeError as exc:
@@ -791,6 +1188,14 @@ class _AsyncBinding(_Binding):
                 "at a time: close it with `await backend.client.aclose()` before that loop "
                 "ends (then the next loop can use it), or give each loop a backend of its own"
             ) from exc
+
+    async def _background(self, step: _Spawn, compute: Callable[[], Awaitable[Any]]) -> None:
+        try:
+            await self._drive(self.refresh(step.key, step.old), compute)
+        except Exception as exc:  # a refresh answers nobody: log what escaped it
+            _log.warning("coalesce: background refresh of %s() failed: %r", self.name, exc)
+        finally:
+            self._done_refreshing(step)
 
     async def _run(self, step: _Run, compute: Callable[[], Awaitable[Any]]) -> _Ran:
         if step.token is None:
@@ -808,10 +1213,12 @@ class _AsyncBinding(_Binding):
         finally:
             renewer.cancel()
 
-    async def _command(self, step: _Acquire | _Block | _Discard | _Finish | _Store) -> Any:
+    async def _command(
+        self, step: _Acquire | _TryLease | _Block | _Discard | _Finish | _Store
+    ) -> Any:
         if isinstance(step, _Acquire):
             return await self._acquire(
-                keys=(step.value_key, step.lease_key),
+                keys=(step.value_key, step.lease_key, f"{step.value_key}:gen"),
                 args=(step.token, self._lease_ms(), "1" if step.skip_value else "0"),
             )
         if isinstance(step, _Block):
@@ -823,7 +1230,15 @@ class _AsyncBinding(_Binding):
             return await self._finish(keys=keys, args=args)
         if isinstance(step, _Discard):
             return await self._execute("LREM", step.done_key, 1, step.item)
-        return await self.client.set(step.value_key, step.payload, px=self.ttl_ms)
+        if isinstance(step, _TryLease):
+            return await self._try(
+                keys=(step.lease_key, f"{step.value_key}:gen"),
+                args=(step.token, self._lease_ms()),
+            )
+        return await self._put(
+            keys=(step.value_key, f"{step.value_key}:gen"),
+            args=(step.payload, step.store_ms, step.gen),
+        )
 
     async def _renew(self, lease_key: str, token: str) -> None:
         interval = self.backend.lease_ttl / 3
@@ -839,25 +1254,33 @@ class _AsyncBinding(_Binding):
                 return
 
     async def ainvalidate(self, key: Hashable) -> bool:
-        """Delete the value for ``key`` in Redis; ``True`` if one was there."""
+        """Delete the value and the lease of ``key`` in Redis (R11); ``True`` if a value was."""
         vkey = self.redis_key(key)
         try:
-            return bool(await self.client.delete(vkey))
+            return bool(await self._drop(keys=self._drop_keys(vkey), args=(_GEN_MS,)))
         except RedisError as exc:
             self.backend._failed(exc, self.name)
             return False
 
     async def aclear(self) -> None:
-        """Delete every value of this function in Redis (``SCAN``, never ``KEYS``)."""
+        """Delete every value and lease of this function in Redis (``SCAN``, never ``KEYS``)."""
         try:
-            batch: list[bytes] = []
-            async for found in self.client.scan_iter(match=self._pattern(), count=500):
-                if self._is_value_key(found):
-                    batch.append(found)
+            batch: list[str] = []
+            async for found in self.client.scan_iter(match=self._pattern() + "*", count=500):
+                vkey = self._owner(found)
+                if vkey is not None:
+                    batch.append(vkey)
                     if len(batch) >= 500:
-                        await self.client.unlink(*batch)
-                        batch.clear()
-            if batch:
-                await self.client.unlink(*batch)
+                        await self._drop_all(batch)
+            await self._drop_all(batch)
         except RedisError as exc:
             self.backend._failed(exc, self.name)
+
+    async def _drop_all(self, batch: list[str]) -> None:
+        if not batch:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for vkey in dict.fromkeys(batch):
+            await self._drop(keys=self._drop_keys(vkey), args=(_GEN_MS,), client=pipe)
+        await pipe.execute()
+        batch.clear()

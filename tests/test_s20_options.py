@@ -98,7 +98,9 @@ def _refusal(given: set[str]) -> set[str]:
             bad |= {"backend", "cache"}
         if not ttl:
             bad |= {"backend", "ttl"}
-        for other in windows | (given & {"cache_if", "maxsize", "ttl_fn"}):
+        # The freshness options work with a RedisBackend (R10); maxsize= bounds its
+        # local copies, which these tests' backends do not keep.
+        for other in given & {"maxsize"}:
             bad |= {"backend", KEYWORD.get(other, other)}
     elif "name" in given:
         bad |= {"name", "backend"}
@@ -182,7 +184,8 @@ def _honour(option: str, given: set[str], kind: str, server: RedisServer) -> Non
     probe = Probe()
     kw = _kwargs(given, probe, kind, server)
     f = singleflight(**kw)(as_kind(kind, probe.body))
-    frozen = "backend" not in given  # Redis keeps its own time: no freezing there
+    # With a backend too: each process judges a value's age by its own clock (R10).
+    frozen = True
     with (
         freeze_time("2026-01-01") if frozen else contextlib.nullcontext() as clock,
         _caller(kind) as (call, wait, runner),
@@ -329,16 +332,28 @@ def test_s20_every_option_pair_is_honoured_or_refused(
 def test_s20_backend_refuses_what_it_would_ignore(
     options: dict[str, Any], names: list[str], matrix_redis: RedisServer
 ) -> None:
-    """S20: freshness options with backend= are a TypeError saying they do not work there yet."""
+    """S20: freshness options work with a RedisBackend (R10) and are a TypeError naming them
+    with a backend whose bind() takes no fleet=, which would ignore them."""
     client = matrix_redis.client()
     try:
         kw: dict[str, Any] = {"ttl": 60, **options}
-        with pytest.raises(TypeError, match="not work with backend= yet") as refusal:
-            singleflight(backend=RedisBackend(client), **kw)(lambda x: x)
+        decorated = singleflight(backend=RedisBackend(client), **kw)(lambda x: {"x": x})
+        assert decorated(3) == {"x": 3}
+        with pytest.raises(TypeError, match="would ignore") as refusal:
+            singleflight(backend=_FleetlessBackend(), **kw)(lambda x: x)
         for name in names:
             assert name in str(refusal.value)
     finally:
         client.close()
+
+
+class _FleetlessBackend:
+    """A backend without the fleet capability: its bind() takes no fleet=."""
+
+    local_ttl = None
+
+    def bind(self, func: Any, /, *, name: str, ttl: float, is_async: bool) -> Any:
+        raise AssertionError("refused before binding")
 
 
 def test_s20_maxsize_without_ttl_is_refused(kind: str) -> None:
