@@ -37,6 +37,7 @@ Redis (serialisers, key digests, sealed payloads) comes from ``_payload.py``.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import math
 import re
@@ -112,9 +113,13 @@ if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2, gen}
 return {3, redis.call('GET', KEYS[2]), redis.call('PTTL', KEYS[2]), gen}
 """
 
-# KEYS: lease, generation. ARGV: token, lease ms. A background refresh takes the lease
-# or does nothing (R10: one refresh in the fleet): the generation, or nil.
+# KEYS: lease, generation, value. ARGV: token, lease ms, SHA-1 of the value the caller
+# found stale. A background refresh takes the lease or does nothing (R10: one refresh
+# in the fleet): the generation, or nil. A value other than the one found stale means
+# another refresh has landed since: nothing to do.
 _TRY_LEASE: Final = """
+local value = redis.call('GET', KEYS[3])
+if value and redis.sha1hex(value) ~= ARGV[3] then return false end
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   return redis.call('GET', KEYS[2]) or '0'
 end
@@ -191,23 +196,25 @@ class _Acquire:
 class _TryLease:
     """Take the lease for a background refresh, or learn that another holds it."""
 
-    __slots__ = ("lease_key", "token", "value_key")
+    __slots__ = ("found", "lease_key", "token", "value_key")
 
-    def __init__(self, value_key: str, lease_key: str, token: str) -> None:
+    def __init__(self, value_key: str, lease_key: str, token: str, found: str) -> None:
         self.value_key = value_key
         self.lease_key = lease_key
         self.token = token
+        self.found = found  # SHA-1 of the payload found stale
 
 
 class _Spawn:
     """Start a background refresh of ``key`` (R10) and go on at once."""
 
-    __slots__ = ("key", "old", "value_key")
+    __slots__ = ("found", "key", "old", "value_key")
 
-    def __init__(self, key: Hashable, value_key: str, old: Any) -> None:
+    def __init__(self, key: Hashable, value_key: str, old: Any, found: str) -> None:
         self.key = key
         self.value_key = value_key
         self.old = old  # the value served meanwhile (kept for stale_if_error)
+        self.found = found  # SHA-1 of its payload
 
 
 class _Block:
@@ -243,7 +250,15 @@ class _Run:
 class _Finish:
     """Publish a leader's outcome, store it for ``store_ms`` (0: not), release the lease."""
 
-    __slots__ = ("done_key", "gen", "lease_key", "outcome", "store_ms", "token", "value_key")
+    __slots__ = (
+        "done_key",
+        "gen",
+        "lease_key",
+        "outcome",
+        "store_ms",
+        "token",
+        "value_key",
+    )
 
     def __init__(
         self,
@@ -725,7 +740,7 @@ class _Binding:
                         tally.hit()
                         if verdict == _STALE:
                             tally.stale()
-                        yield _Spawn(key, vkey, value)
+                        yield _Spawn(key, vkey, value, hashlib.sha1(payload).hexdigest())
                         return value
                     if verdict == _RESCUE:
                         rescue = value
@@ -783,13 +798,13 @@ class _Binding:
                 backend._failed(exc, self.name)
                 return (yield from self._local(vkey, lkey, None))
 
-    def refresh(self, key: Hashable, old: Any) -> Generator[_Step, Any, None]:
+    def refresh(self, key: Hashable, old: Any, found: str) -> Generator[_Step, Any, None]:
         """A background refresh (R10): take the key's lease, or leave it to its holder."""
         vkey = self.redis_key(key)
         lkey = f"{vkey}:lease"
         token = secrets.token_hex(16)
         try:
-            gen = yield _TryLease(vkey, lkey, token)
+            gen = yield _TryLease(vkey, lkey, token, found)
         except RedisError as exc:
             self.backend._failed(exc, self.name, may_raise=False)
             return
@@ -800,7 +815,14 @@ class _Binding:
         yield from self._lead(vkey, lkey, token, bytes(gen), rescue, background=True)
 
     def _lead(
-        self, vkey: str, lkey: str, token: str, gen: bytes, rescue: Any, *, background: bool
+        self,
+        vkey: str,
+        lkey: str,
+        token: str,
+        gen: bytes,
+        rescue: Any,
+        *,
+        background: bool,
     ) -> Generator[_Step, Any, Any]:
         backend = self.backend
         started = time.monotonic()
@@ -895,7 +917,12 @@ class _Binding:
         return max(1, math.ceil(self.backend.lease_ttl * 1000))
 
     def _finish_args(self, step: _Finish) -> tuple[tuple[str, ...], tuple[Any, ...]]:
-        return (step.value_key, step.lease_key, step.done_key, f"{step.value_key}:gen"), (
+        return (
+            step.value_key,
+            step.lease_key,
+            step.done_key,
+            f"{step.value_key}:gen",
+        ), (
             step.token,
             step.outcome,
             min(self._lease_ms(), _DONE_MS),
@@ -965,7 +992,16 @@ _RAISED_MAX: Final = 1024
 class _SyncBinding(_Binding):
     """The driver for ``def`` functions and ``redis.Redis``."""
 
-    __slots__ = ("_acquire", "_drop", "_execute", "_extend", "_finish", "_put", "_try", "client")
+    __slots__ = (
+        "_acquire",
+        "_drop",
+        "_execute",
+        "_extend",
+        "_finish",
+        "_put",
+        "_try",
+        "client",
+    )
 
     def __init__(
         self, backend: RedisBackend, name: str, ttl: float, fleet: Fleet | None = None
@@ -1017,7 +1053,7 @@ class _SyncBinding(_Binding):
 
     def _background(self, step: _Spawn, compute: Callable[[], Any]) -> None:
         try:
-            self._drive(self.refresh(step.key, step.old), compute)
+            self._drive(self.refresh(step.key, step.old, step.found), compute)
         except Exception as exc:  # a refresh answers nobody: log what escaped it
             _log.warning("coalesce: background refresh of %s() failed: %r", self.name, exc)
         finally:
@@ -1061,8 +1097,8 @@ class _SyncBinding(_Binding):
             return self._execute("LREM", step.done_key, 1, step.item)
         if isinstance(step, _TryLease):
             return self._try(
-                keys=(step.lease_key, f"{step.value_key}:gen"),
-                args=(step.token, self._lease_ms()),
+                keys=(step.lease_key, f"{step.value_key}:gen", step.value_key),
+                args=(step.token, self._lease_ms(), step.found),
             )
         return self._put(
             keys=(step.value_key, f"{step.value_key}:gen"),
@@ -1172,7 +1208,8 @@ class _AsyncBinding(_Binding):
         if isinstance(step, _Spawn):
             if self._spawning(step):
                 task = asyncio.get_running_loop().create_task(
-                    self._background(step, compute), name=f"coalesce-refresh:{self.name}"
+                    self._background(step, compute),
+                    name=f"coalesce-refresh:{self.name}",
                 )
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
@@ -1191,7 +1228,7 @@ class _AsyncBinding(_Binding):
 
     async def _background(self, step: _Spawn, compute: Callable[[], Awaitable[Any]]) -> None:
         try:
-            await self._drive(self.refresh(step.key, step.old), compute)
+            await self._drive(self.refresh(step.key, step.old, step.found), compute)
         except Exception as exc:  # a refresh answers nobody: log what escaped it
             _log.warning("coalesce: background refresh of %s() failed: %r", self.name, exc)
         finally:
@@ -1232,8 +1269,8 @@ class _AsyncBinding(_Binding):
             return await self._execute("LREM", step.done_key, 1, step.item)
         if isinstance(step, _TryLease):
             return await self._try(
-                keys=(step.lease_key, f"{step.value_key}:gen"),
-                args=(step.token, self._lease_ms()),
+                keys=(step.lease_key, f"{step.value_key}:gen", step.value_key),
+                args=(step.token, self._lease_ms(), step.found),
             )
         return await self._put(
             keys=(step.value_key, f"{step.value_key}:gen"),
