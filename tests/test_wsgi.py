@@ -562,6 +562,7 @@ def test_h5_keeps_only_2xx_without_no_cache(status: str, headers: list[tuple[str
 
 
 @pytest.mark.parametrize("private", [False, True], ids=["public", "private"])
+@pytest.mark.timeout(240)  # 1,000 real requests: bounded, but slow on a loaded 2-core machine
 def test_h2_no_response_reaches_a_client_it_was_not_made_for(private: bool) -> None:
     """H2: under 1,000 mixed requests to public and private endpoints, every client gets
     only responses it may see, and public ones are still coalesced."""
