@@ -197,9 +197,11 @@ def serve_wsgi(app: Callable[..., Iterable[bytes]], threads: int = 16) -> Iterat
             for dispatcher in list(server._map.values()):
                 dispatcher.close()
 
+        # Worker threads first: one still finishing a response pulls the trigger,
+        # which must not be closed under it (EBADF in waitress's thread).
+        server.task_dispatcher.shutdown(timeout=WAIT)
         server.trigger.pull_trigger(close_all)
         thread.join(WAIT)
-        server.task_dispatcher.shutdown(timeout=WAIT)
         sock.close()
         assert not thread.is_alive(), "waitress did not stop"
 
