@@ -12,6 +12,9 @@ from ._backend import Backend as Backend
 from ._backend import Binding as Binding
 from ._backend import Fleet as Fleet
 from ._backend import Tally as Tally
+from ._batch import AsyncBatchFunction as AsyncBatchFunction
+from ._batch import BatchDecorator as BatchDecorator
+from ._batch import BatchFunction as BatchFunction
 from ._decorator import AsyncSingleflightFunction as AsyncSingleflightFunction
 from ._decorator import BoundSingleflightFunction as BoundSingleflightFunction
 from ._decorator import CacheInfo as CacheInfo
@@ -26,10 +29,13 @@ from ._flight import Group as Group
 __version__ = "0.1.0"
 
 __all__ = (
+    "AsyncBatchFunction",
     "AsyncBinding",
     "AsyncGroup",
     "AsyncSingleflightFunction",
     "Backend",
+    "BatchDecorator",
+    "BatchFunction",
     "Binding",
     "BoundSingleflightFunction",
     "CacheInfo",

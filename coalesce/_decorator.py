@@ -39,6 +39,7 @@ from ._backend import (
     check_backend,
     takes_fleet,
 )
+from ._batch import BatchDecorator, batch_method
 from ._compile import Compiled, compile_wrapper
 from ._flight import AsyncGroup, Group, Stats
 from ._keys import check_key_callable, plan_key, qualname, unhashed
@@ -147,6 +148,9 @@ class SingleflightFunction(Protocol[P, R_co]):
       (read-your-writes); ``True`` if a live result was dropped;
     - ``forget(*args, **kwargs)``: later callers start a new execution instead of
       joining the one in flight; ``True`` if one was in flight.
+    - ``batch(max_batch=None, collect=None)``: decorate a batch function
+      ``(ids: list[K]) -> Mapping[K, V]`` sharing this one's cache and flights
+      (section 9 of the contract, docs/batches.md).
 
     ``__wrapped__`` is the undecorated function.
     """
@@ -162,6 +166,9 @@ class SingleflightFunction(Protocol[P, R_co]):
     def cache_clear(self) -> None: ...
     def invalidate(self, *args: P.args, **kwargs: P.kwargs) -> bool: ...
     def forget(self, *args: P.args, **kwargs: P.kwargs) -> bool: ...
+    def batch(
+        self, *, max_batch: int | None = None, collect: float | None = None
+    ) -> BatchDecorator: ...
 
     @overload
     def __get__(self, instance: None, owner: type[Any] | None = None) -> Self: ...
@@ -616,6 +623,9 @@ def _build(func: Callable[..., Any], options: _Options) -> Any:
     wrapper = compiled.wrapper
     functools.update_wrapper(wrapper, func)
     _attach(wrapper, compiled, group, store, bound, abound, is_async, tally)
+    wrapper.batch = batch_method(  # type: ignore[attr-defined]
+        func, options.key, bool(options.typed), options.backend, group, store, is_async
+    )
     # Its counters, published for as long as the wrapper lives (O1, O2).
     _observe.register(
         wrapper, options.name or name, group._stats, None if store is None else store.currsize

@@ -46,10 +46,22 @@ from ._fork import at_fork
 from ._pinned import getattr, hash, isinstance, len, next, zip
 from ._store import MISSING, CachedError, Store
 
-__all__ = ("AsyncGroup", "Group", "Stats", "Totals")
+__all__ = ("NOT_FOUND", "AsyncGroup", "BatchClaim", "Group", "Stats", "Totals")
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+
+class _NotFound:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<not found>"
+
+
+# What a batch caller joined on a key receives when the batch left that key out (B4).
+NOT_FOUND: Final[Any] = _NotFound()
+_NOT_WAITING: Final[Any] = object()
 
 # Flight states.
 _RUNNING: Final = 0
@@ -363,6 +375,24 @@ def _consult(store: Store, stats: Stats, key: Hashable, flight: object | None) -
     return MISSING, False
 
 
+class BatchClaim:
+    """A batch call's keys, sorted (B2): what it serves, what it joins, what it fetches."""
+
+    __slots__ = ("hits", "joined", "led", "stale")
+
+    def __init__(self) -> None:
+        self.hits: dict[Hashable, Any] = {}  # values (or kept errors, F4) to serve at once
+        self.joined: list[tuple[Hashable, Any, Any]] = []  # (key, flight, future or None)
+        self.led: list[tuple[Hashable, Any]] = []  # (key, flight) this call fetches
+        self.stale: list[tuple[Hashable, Any]] = []  # (key, flight) refreshed behind it
+
+    @classmethod
+    def of(cls, pairs: list[tuple[Hashable, Any]]) -> BatchClaim:
+        claim = cls()
+        claim.led = pairs
+        return claim
+
+
 class _Workers:
     """Daemon threads that run background refreshes (F1, F2).
 
@@ -480,9 +510,10 @@ class Group:
     42
     """
 
-    __slots__ = ("__weakref__", "_describe", "_flights", "_lock", "_stats")
+    __slots__ = ("__weakref__", "_collector", "_describe", "_flights", "_lock", "_stats")
 
     def __init__(self) -> None:
+        self._collector: Any = None  # set by f.batch(collect=...): see _batch.py (B6)
         self._flights: dict[Hashable, _Flight] = {}
         self._lock = threading.Lock()
         self._stats = Stats()
@@ -623,6 +654,10 @@ class Group:
         if leader:
             next(stats.executed)
             next(stats.started)
+            collector = self._collector
+            if collector is not None:
+                # f.batch(collect=...): this miss is fetched with others (B6).
+                return collector.gather(self, key, flight, fn, args, kwargs, store), flight
             return self._lead(key, flight, fn, args, kwargs, store), flight
         next(stats.coalesced)
         return self._wait(key, flight, fn, args, kwargs, store), flight
@@ -792,6 +827,219 @@ class Group:
             raise flight.value
         return flight.value
 
+    # ------------------------------------------------------------ batches (section 9)
+    #
+    # As in AsyncGroup: each key of a batch is a flight of its own in this registry,
+    # led by the thread that calls the batch function. A key the batch leaves out is
+    # handed off as an aborted execution is (S8): the first single call waiting on it
+    # runs the function itself (B4); a batch call waiting on it passes it on.
+
+    def _batch_claim(self, keys: list[Hashable], store: Store | None) -> BatchClaim:
+        """Sort a batch call's keys (B2): hits, keys in flight to join, keys to fetch."""
+        stats = self._stats
+        me = threading.get_ident()
+        flights = self._flights
+        claim = BatchClaim()
+        with self._lock:
+            try:
+                for key in keys:
+                    flight = flights.get(key)
+                    if store is not None and (flight is None or store.can_refresh):
+                        value = store.lookup(key)
+                        if value is not MISSING:
+                            next(stats.hits)
+                        elif store.stale:
+                            value = store.stale_value(key)
+                            if value is not MISSING:
+                                next(stats.stale)  # a hit, counted apart (see Stats)
+                                if flight is None:
+                                    flight = self._background_flight()
+                                    flights[key] = flight
+                                    flight.listed = True
+                                    self._count_background()
+                                    claim.stale.append((key, flight))
+                        if value is not MISSING:
+                            claim.hits[key] = value
+                            continue
+                    if flight is not None:
+                        if flight.owner == me:
+                            raise ReentrantCallError(
+                                f"this batch call of key {key!r} would wait on an execution "
+                                "of the same key that its own thread is running, which "
+                                "would deadlock"
+                            )
+                        flight.waiting += 1
+                        flight.takers += 1
+                        if flight.lock is None:
+                            flight.lock = threading.Lock()
+                            flight.lock.acquire()
+                        next(stats.coalesced)
+                        claim.joined.append((key, flight, None))
+                        continue
+                    flight = _Flight(me)
+                    flights[key] = flight
+                    flight.listed = True
+                    claim.led.append((key, flight))
+                    next(stats.executed)
+                    next(stats.started)
+                    if store is not None:
+                        store.mark(key)
+            except BaseException:
+                self._batch_unclaim(claim, store)
+                raise
+        return claim
+
+    def _batch_unclaim(self, claim: BatchClaim, store: Store | None) -> None:
+        """Give up what :meth:`_batch_claim` took (under the registry's lock)."""
+        for key, flight in (*claim.led, *claim.stale):
+            self._unlist(key, flight)
+            if store is not None:
+                _unmark(store, key)
+            flight.state = _ABANDONED
+            next(self._stats.ended)
+        for key, flight, _ in claim.joined:
+            self._unjoin(key, flight)
+        claim.led.clear()
+        claim.stale.clear()
+        claim.joined.clear()
+
+    def _unjoin(self, key: Hashable, flight: _Flight) -> None:
+        """A batch caller that joined ``flight`` will not wait on it after all (locked)."""
+        flight.waiting -= 1
+        flight.takers -= 1
+        if flight.state == _HANDOFF and not flight.waiting:
+            flight.state = _ABANDONED
+            self._unlist(key, flight)
+
+    def _batch_release(self, claim: BatchClaim, store: Store | None) -> None:
+        with self._lock:
+            self._batch_unclaim(claim, store)
+
+    def _batch_lead(
+        self,
+        pairs: list[tuple[Hashable, Any]],
+        fn: Callable[[list[Any]], Any],
+        store: Store | None,
+        keep: Hashable = MISSING,
+    ) -> tuple[dict[Hashable, tuple[bool, Any]], BaseException | None]:
+        """Call the batch function for these keys' flights in this thread; settle each.
+
+        ``(outcome, error)``: ``outcome`` maps each key found to ``(ok, value)``.
+        ``keep``: a key whose flight this thread goes on to lead itself when the batch
+        leaves it out (a miss gathered by ``collect=``, B4).
+        """
+        me = threading.get_ident()
+        started = _time.monotonic() if store is not None and store.early else 0.0
+        with self._lock:
+            for _, flight in pairs:
+                flight.owner = me  # S9: the batch function calling one of them fails fast
+                flight.started = started
+        try:
+            found = fn([key for key, _ in pairs])
+        except Exception as exc:
+            self._batch_settle(pairs, store, None, exc, keep)
+            return {}, exc
+        except BaseException:
+            self._batch_settle(pairs, store, None, None, keep)  # S8: handed off
+            raise
+        return self._batch_settle(pairs, store, found, None, keep), None
+
+    def _batch_settle(
+        self,
+        pairs: list[tuple[Hashable, Any]],
+        store: Store | None,
+        found: Any,
+        exc: Exception | None,
+        keep: Hashable,
+    ) -> dict[Hashable, tuple[bool, Any]]:
+        stats = self._stats
+        outcome: dict[Hashable, tuple[bool, Any]] = {}
+        for key, flight in pairs:
+            if exc is not None:
+                # B5: the same exception to every caller of every key; nothing kept.
+                if store is not None:
+                    _unmark(store, key)
+                next(stats.errors)
+                flight.value = exc
+                flight.state = _FAILED
+                with self._lock:
+                    self._unlist(key, flight)
+                    waiters = flight.lock
+                next(stats.ended)
+                if waiters is not None:
+                    waiters.release()
+                continue
+            value = MISSING if found is None else found.get(key, MISSING)
+            if value is not MISSING:
+                outcome[key] = self._end(key, flight, store, True, value)
+                continue
+            if key == keep:
+                continue
+            # B4: not found; the first single call waiting on it runs the function.
+            if store is not None:
+                _unmark(store, key)
+            with self._lock:
+                if not flight.background:
+                    flight.takers -= 1
+                if flight.waiting:
+                    flight.state = _HANDOFF
+                    flight.owner = 0
+                else:
+                    flight.state = _ABANDONED
+                    self._unlist(key, flight)
+                waiters = flight.lock
+            next(stats.ended)
+            if waiters is not None:
+                waiters.release()
+        return outcome
+
+    def _batch_wait(self, key: Hashable, flight: _Flight, store: Store | None) -> tuple[bool, Any]:
+        """A batch caller waits on a flight it joined: ``(ok, value)``, or ``NOT_FOUND``."""
+        waiters = flight.lock
+        assert waiters is not None  # made when this caller joined
+        try:
+            waiters.acquire()
+        except BaseException:
+            with self._lock:
+                self._unjoin(key, flight)
+            raise
+        with self._lock:
+            flight.waiting -= 1
+            state = flight.state
+            if state == _HANDOFF:
+                # Not found (or its leader aborted): a batch caller does not run the
+                # single-key function; it passes the flight on, or ends it.
+                flight.takers -= 1
+                if not flight.waiting:
+                    flight.state = _ABANDONED
+                    self._unlist(key, flight)
+                    waiters = None
+        if state == _HANDOFF:
+            if waiters is not None:
+                waiters.release()
+            return True, NOT_FOUND
+        assert waiters is not None
+        waiters.release()  # pass the wake-up on to the next waiter
+        return state == _DONE, flight.value
+
+    def _batch_background(
+        self, pairs: list[tuple[Hashable, Any]], fn: Callable[[list[Any]], Any], store: Store
+    ) -> None:
+        """Refresh stale keys with one call of the batch function, in a worker (F1)."""
+        exc = self._batch_lead(pairs, fn, store)[1]
+        if exc is not None:
+            _log_failure(store, exc, False, True)
+
+    def _batch_refresh(
+        self, pairs: list[tuple[Hashable, Any]], fn: Callable[[list[Any]], Any], store: Store
+    ) -> None:
+        try:
+            _workers.submit(functools.partial(_nested, 6, self._batch_background, pairs, fn, store))
+        except BaseException:
+            with self._lock:
+                self._batch_unclaim(BatchClaim.of(pairs), store)
+            raise
+
 
 # --------------------------------------------------------------------------- asyncio
 
@@ -817,7 +1065,9 @@ class _AsyncFlight:
 
     __slots__ = (
         "background",
+        "batch",
         "began",
+        "call",
         "discard",
         "epoch",
         "listed",
@@ -840,11 +1090,36 @@ class _AsyncFlight:
         self.work: Coroutine[Any, Any, Any] | None = None
         self.state = _RUNNING
         self.value: Any = None
-        self.waiters: dict[asyncio.Future[Any], None] | None = None
+        # A caller's future -> True when that caller is a batch (section 9), which
+        # takes "not found" for an answer; a single call (None) never does (B4).
+        self.waiters: dict[asyncio.Future[Any], bool | None] | None = None
         self.takers = 1
         self.discard = False
         self.epoch = _fork.epoch  # started in this process, not in a parent (S14)
         self.listed = False  # in the group's registry
+        self.batch: _AsyncBatch | None = None  # the batch execution fetching this key (B2)
+        # How a single call of this key runs the function, kept for when the batch
+        # leaves the key out (B4): (fn, args, kwargs) of the first single call to join.
+        self.call: tuple[Callable[..., Awaitable[Any]], tuple[Any, ...], dict[str, Any]] | None = (
+            None
+        )
+
+
+class _AsyncBatch:
+    """One call of a batch function (section 9): several keys, each a flight of its own."""
+
+    __slots__ = ("done", "loop", "pairs", "task")
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        pairs: list[tuple[Hashable, _AsyncFlight]],
+        done: asyncio.Future[dict[Hashable, tuple[bool, Any]]] | None,
+    ) -> None:
+        self.loop = loop
+        self.pairs = pairs  # (key, flight), in the order the batch function gets them
+        self.done = done  # the outcome, for the batch caller leading it (None: no such)
+        self.task: asyncio.Task[None] | None = None
 
 
 _FlightKey = tuple[asyncio.AbstractEventLoop, Hashable]
@@ -859,9 +1134,10 @@ class AsyncGroup:
     get flights of their own (S10).
     """
 
-    __slots__ = ("__weakref__", "_describe", "_flights", "_lock", "_stats")
+    __slots__ = ("__weakref__", "_collector", "_describe", "_flights", "_lock", "_stats")
 
     def __init__(self) -> None:
+        self._collector: Any = None  # set by f.batch(collect=...): see _batch.py (B6)
         # Keyed by (loop, key): one flat dict, nothing to tidy when a loop goes.
         # Only a loop's own thread adds its flights (when none is there), so adding
         # needs no lock; removing holds ``_lock`` (see ``_detach``).
@@ -1026,6 +1302,8 @@ class AsyncGroup:
                 )
             next(stats.coalesced)
             flight.takers += 1
+            if flight.call is None and flight.batch is not None:
+                flight.call = (fn, args, kwargs)  # if the batch leaves this key out (B4)
             return self._wait(loop, fkey, flight)
         flight = _AsyncFlight()
         flights[fkey] = flight  # a key whose __eq__ raises: nothing listed
@@ -1040,6 +1318,12 @@ class AsyncGroup:
         next(stats.started)
         if store is not None and store.early:
             flight.started = _time.monotonic()
+        collector = self._collector
+        if collector is not None:
+            # f.batch(collect=...): this miss waits to be fetched with others (B6).
+            flight.call = (fn, args, kwargs)
+            collector.add(self, loop, key, flight, store)
+            return self._wait(loop, fkey, flight)
         if _observe.timer is not None:
             flight.began = _time.perf_counter()
         try:
@@ -1139,6 +1423,10 @@ class AsyncGroup:
         """The execution ended: keep its outcome (S3), leave the registry, wake the waiters."""
         if store is not None or not ok:
             ok, value = _outcome(store, self._stats, fkey[1], flight, ok, value)
+        self._wake(fkey, flight, ok, value)
+
+    def _wake(self, fkey: _FlightKey, flight: _AsyncFlight, ok: bool, value: Any) -> None:
+        """The flight has its outcome: leave the registry and wake every waiting caller."""
         if ok:
             flight.state = _DONE
         elif isinstance(value, asyncio.CancelledError):
@@ -1176,13 +1464,287 @@ class AsyncGroup:
         try:
             return await fut, flight
         except BaseException:  # cancelled, or its coroutine closed (GeneratorExit)
-            if flight.state == _RUNNING:
-                # This caller was cancelled: only its wait ends (S7).
-                waiters.pop(fut, None)
-                flight.takers -= 1
-                if not waiters and flight.task is not None and not flight.background:
-                    # Every caller has gone: stop the execution, leave nothing in flight.
-                    flight.discard = True
-                    self._detach(fkey, flight)
-                    flight.task.cancel()
+            self._leave(fkey, flight, fut)
             raise
+
+    def _leave(self, fkey: _FlightKey, flight: _AsyncFlight, fut: asyncio.Future[Any]) -> None:
+        """A caller waiting on ``fut`` was cancelled: only its wait ends (S7)."""
+        if flight.state != _RUNNING:
+            return
+        waiters = flight.waiters
+        if waiters is None or waiters.pop(fut, _NOT_WAITING) is _NOT_WAITING:
+            return
+        flight.takers -= 1
+        if not waiters and flight.task is not None and not flight.background:
+            if flight.batch is not None:
+                self._batch_left(flight.batch)
+                return
+            # Every caller has gone: stop the execution, leave nothing in flight.
+            flight.discard = True
+            self._detach(fkey, flight)
+            flight.task.cancel()
+
+    # ------------------------------------------------------------ batches (section 9)
+    #
+    # A batch execution fetches several keys in one call, and each of its keys is a
+    # flight of its own in the same registry, marked with the batch (``flight.batch``)
+    # and run by the batch's task. So a single call of a key joins it as it joins any
+    # flight (B3), a batch call joins single executions and other batches the same
+    # way (B2), and each key is settled, stored, invalidated and cancelled on its own
+    # (B7). A key the batch leaves out is handed to the single calls waiting on it:
+    # the first one's execution runs in the same flight (B4).
+
+    def _batch_claim(self, keys: list[Hashable], store: Store | None) -> BatchClaim:
+        """Sort a batch call's keys (B2): hits, keys in flight to join, keys to fetch.
+
+        Each key counts once (B7). A stale result is served and its key gets a
+        background flight, refreshed with the other stale keys of this call (F1).
+        """
+        loop = _get_running_loop()
+        flights = self._flights
+        stats = self._stats
+        current = _current_task(loop)
+        claim = BatchClaim()
+        try:
+            for key in keys:
+                fkey = (loop, key)
+                flight = flights.get(fkey)
+                if store is not None and (flight is None or store.can_refresh):
+                    value = store.lookup(key)
+                    if value is not MISSING:
+                        next(stats.hits)
+                    elif store.stale:
+                        value = store.stale_value(key)
+                        if value is not MISSING:
+                            next(stats.stale)  # a hit, counted apart (see Stats)
+                            if flight is None:
+                                flight = _AsyncFlight()
+                                flights[fkey] = flight
+                                flight.listed = True
+                                flight.background = True
+                                flight.takers = 0
+                                next(stats.started)
+                                next(stats.refreshes)
+                                claim.stale.append((key, flight))
+                    if value is not MISSING:
+                        claim.hits[key] = value
+                        continue
+                if flight is not None:
+                    if flight.task is not None and flight.task is current:
+                        raise ReentrantCallError(
+                            f"this batch call of key {key!r} would wait on an execution of "
+                            "the same key that its own task is running, which would deadlock"
+                        )
+                    next(stats.coalesced)
+                    flight.takers += 1
+                    fut = loop.create_future()
+                    waiters = flight.waiters
+                    if waiters is None:
+                        waiters = flight.waiters = {}
+                    waiters[fut] = True
+                    claim.joined.append((key, flight, fut))
+                    continue
+                flight = _AsyncFlight()
+                flights[fkey] = flight
+                flight.listed = True
+                claim.led.append((key, flight))
+                next(stats.executed)
+                next(stats.started)
+                if store is not None:
+                    store.mark(key)
+                    if store.early:
+                        flight.started = _time.monotonic()
+        except BaseException:
+            self._batch_release(claim, store)
+            raise
+        return claim
+
+    def _batch_release(self, claim: BatchClaim, store: Store | None) -> None:
+        """Give up what :meth:`_batch_claim` took: a caller that will not fetch or wait."""
+        loop = _get_running_loop()
+        for key, flight in (*claim.led, *claim.stale):
+            if flight.state == _RUNNING and flight.batch is None:
+                if store is not None:
+                    _unmark(store, key)
+                self._wake((loop, key), flight, False, asyncio.CancelledError())
+        for key, flight, fut in claim.joined:
+            self._leave((loop, key), flight, fut)
+        claim.led.clear()
+        claim.stale.clear()
+        claim.joined.clear()
+
+    def _batch_start(
+        self,
+        pairs: list[tuple[Hashable, Any]],
+        fn: Callable[[list[Any]], Awaitable[Any]],
+        store: Store | None,
+        *,
+        led: bool,
+    ) -> _AsyncBatch:
+        """Start one call of the batch function for these keys' flights, as a task.
+
+        ``led``: a batch caller awaits the outcome (``batch.done``); otherwise the
+        flights' own callers do (a refresh, or misses gathered by ``collect=``).
+        """
+        loop = _get_running_loop()
+        done: asyncio.Future[dict[Hashable, tuple[bool, Any]]] | None = (
+            loop.create_future() if led else None
+        )
+        batch = _AsyncBatch(loop, pairs, done)
+        coro = self._batch_run(batch, fn, [key for key, _ in pairs], store)
+        task = loop.create_task(coro)  # in a copy of the current context (S7)
+        batch.task = task
+        for _, flight in pairs:
+            flight.batch = batch
+            flight.task = task
+        # 3.11: a task cancelled before its first step never runs _batch_run.
+        task.add_done_callback(functools.partial(self._batch_unstarted, batch, store))
+        return batch
+
+    def _batch_unstarted(self, batch: _AsyncBatch, store: Store | None, task: object) -> None:
+        self._batch_end(batch, store, None, asyncio.CancelledError())
+
+    async def _batch_run(
+        self,
+        batch: _AsyncBatch,
+        fn: Callable[[list[Any]], Awaitable[Any]],
+        ids: list[Any],
+        store: Store | None,
+    ) -> None:
+        """The batch task's coroutine: await the batch function, then settle each key."""
+        try:
+            found = await fn(ids)
+        except BaseException as exc:
+            self._batch_end(batch, store, None, exc)
+            if not isinstance(exc, Exception):
+                raise
+        else:
+            self._batch_end(batch, store, found, None)
+
+    def _batch_end(
+        self,
+        batch: _AsyncBatch,
+        store: Store | None,
+        found: Any,
+        exc: BaseException | None,
+    ) -> None:
+        """Settle every key of a batch: stored and shared (B2), or failed (B5), or
+        handed to the single calls waiting on it when the batch left it out (B4)."""
+        loop = batch.loop
+        stats = self._stats
+        outcome: dict[Hashable, tuple[bool, Any]] = {}
+        for key, flight in batch.pairs:
+            if flight.state != _RUNNING or flight.batch is not batch:
+                continue  # settled already (cancelled, or this ran twice)
+            flight.batch = None
+            fkey = (loop, key)
+            if exc is not None:
+                # B5: the same exception to every caller of every key; nothing kept.
+                if store is not None:
+                    _unmark(store, key)
+                if not isinstance(exc, asyncio.CancelledError):
+                    next(stats.errors)
+                self._wake(fkey, flight, False, exc)
+                continue
+            value = found.get(key, NOT_FOUND)
+            if value is not NOT_FOUND:
+                ok, value = _outcome(store, stats, key, flight, True, value)
+                outcome[key] = (ok, value)
+                self._wake(fkey, flight, ok, value)
+                continue
+            waiters = flight.waiters
+            call = flight.call
+            if call is not None and waiters and None in waiters.values():
+                # B4: a single call waits on this key; its own execution runs now, in
+                # the same flight, and the batch callers hear "not found".
+                for fut, batcher in list(waiters.items()):
+                    if batcher:
+                        del waiters[fut]
+                        flight.takers -= 1
+                        if not fut.done():
+                            fut.set_result(NOT_FOUND)
+                flight.call = None
+                flight.task = None
+                fn, args, kwargs = call
+                self._relaunch(fkey, flight, fn, args, kwargs, store)
+                continue
+            if store is not None:
+                _unmark(store, key)
+            self._wake(fkey, flight, True, NOT_FOUND)
+        done = batch.done
+        batch.done = None
+        batch.pairs = []
+        if done is not None and not done.done():
+            if exc is None:
+                done.set_result(outcome)
+            elif isinstance(exc, asyncio.CancelledError):
+                done.cancel()
+            else:
+                done.set_exception(exc)
+
+    def _relaunch(
+        self,
+        fkey: _FlightKey,
+        flight: _AsyncFlight,
+        fn: Callable[..., Awaitable[Any]],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        store: Store | None,
+    ) -> None:
+        """B4: run the single-key function in ``flight``, which a batch left out."""
+        try:
+            work = fn(*args, **kwargs)
+            if work.__class__ is not _CoroutineType:
+                work = _awaited(work)
+            task = fkey[0].create_task(work)
+        except BaseException as exc:
+            self._end(fkey, flight, store, False, exc)
+            if isinstance(exc, Exception):
+                return
+            raise
+        flight.work = work
+        flight.task = task
+        task.add_done_callback(functools.partial(self._ended, fkey, flight, store))
+
+    def _batch_gathered(
+        self, pending: list[tuple[Hashable, Any]], store: Store | None
+    ) -> list[tuple[Hashable, Any]]:
+        """The misses gathered by ``collect=`` that still have a caller (S7); the rest end."""
+        loop = _get_running_loop()
+        pairs = []
+        for key, flight in pending:
+            if flight.state != _RUNNING:
+                continue
+            if flight.takers > 0:
+                pairs.append((key, flight))
+                continue
+            if store is not None:
+                _unmark(store, key)
+            flight.discard = True
+            self._wake((loop, key), flight, False, asyncio.CancelledError())
+        return pairs
+
+    def _batch_left(self, batch: _AsyncBatch) -> None:
+        """A caller left (S7): when none of the batch's keys has a caller, cancel it."""
+        if batch.done is not None:
+            return  # its batch caller still waits
+        running = [(key, f) for key, f in batch.pairs if f.state == _RUNNING and f.batch is batch]
+        if any(flight.waiters for _, flight in running):
+            return
+        if any(flight.background for _, flight in running):
+            return  # a refresh runs on with nobody waiting (F1)
+        for key, flight in running:
+            flight.discard = True
+            self._detach((batch.loop, key), flight)
+        if batch.task is not None:
+            batch.task.cancel()
+
+    def _batch_abandon(self, batch: _AsyncBatch) -> None:
+        """The batch caller leading ``batch`` left before its outcome (S7)."""
+        done = batch.done
+        if done is None:
+            return
+        batch.done = None
+        if not done.done():
+            done.cancel()
+        self._batch_left(batch)
