@@ -18,6 +18,7 @@ from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Final, Generic, NoReturn, Self, TypeVar
 
+from . import _observe
 from ._decorator import CacheInfo
 from ._flight import Stats
 from ._seconds import seconds
@@ -33,6 +34,7 @@ __all__ = (
     "Verdict",
     "checked_key",
     "judge",
+    "metric_name",
     "reject_arguments",
 )
 
@@ -387,6 +389,16 @@ class ClassSignature:
         return self.signature
 
 
+def metric_name(owner: str, app: object) -> str:
+    """A middleware's ``coalesce.function`` (O1): its protocol and the app's name,
+    ``"asgi:FastAPI"`` for a FastAPI app, ``"wsgi:app"`` for a WSGI function ``app``."""
+    protocol = owner.split(".")[1]  # coalesce.asgi.CoalesceMiddleware -> asgi
+    name = getattr(app, "__qualname__", None)
+    if not isinstance(name, str):
+        name = type(app).__qualname__
+    return f"{protocol}:{name}"
+
+
 class Middleware(Generic[App, Request, H]):
     """What both middlewares are, apart from their protocol's I/O.
 
@@ -397,7 +409,7 @@ class Middleware(Generic[App, Request, H]):
     ``_inspect()`` and ``_reader()``, and does the receiving and sending.
     """
 
-    __slots__ = ("_cache", "_options", "_stats", "app")
+    __slots__ = ("__weakref__", "_cache", "_options", "_stats", "app")
 
     _OWNER: ClassVar[str]  # the public name, for messages: coalesce.asgi.CoalesceMiddleware
     _WRAPS: ClassVar[str]  # what it wraps, for messages: "an ASGI app"
@@ -446,6 +458,13 @@ class Middleware(Generic[App, Request, H]):
             None if options.ttl is None else TTLStore(options.ttl, options.maxsize)
         )
         self._stats = self._setup()
+        # Published as "asgi:<app>" or "wsgi:<app>" while the middleware lives (O1).
+        _observe.register(
+            self,
+            metric_name(self._OWNER, app),
+            self._stats,
+            None if self._cache is None else self._cache.currsize,
+        )
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(app={self.app!r}, {self._options.describe()})"
