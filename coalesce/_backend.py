@@ -59,6 +59,7 @@ __all__ = (
     "AsyncBinding",
     "Backend",
     "Binding",
+    "CountsTakeovers",
     "Fleet",
     "Tally",
     "bind_async",
@@ -194,6 +195,22 @@ class Backend(Protocol):
         A backend that keeps freshness across the fleet (R10) also takes
         ``fleet: Fleet`` (see :func:`takes_fleet`); ``ttl`` may then be a callable.
         """
+        ...
+
+
+@runtime_checkable
+class CountsTakeovers(Protocol):
+    """Optional, for a binding whose backend has leases: it counts lease takeovers.
+
+    A takeover is a call that waited on a leader in another process and then took the
+    lease itself (the leader died, or gave the run up): ``coalesce.lease.takeovers``
+    (SPEC O1). The decorator calls ``count_takeovers(tick)`` once, when decorating; the
+    binding calls ``tick()`` once per takeover, from any thread (it is one atomic step).
+    A binding without this method simply reports none.
+    """
+
+    def count_takeovers(self, tick: Callable[[], object], /) -> None:
+        """Call ``tick()`` from now on, once each time a caller takes a lease over."""
         ...
 
 

@@ -33,6 +33,7 @@ from ._backend import (
     AsyncBinding,
     Backend,
     Binding,
+    CountsTakeovers,
     Fleet,
     bind_async,
     bind_sync,
@@ -596,6 +597,9 @@ def _build(func: Callable[..., Any], options: _Options) -> Any:
         else:
             bound = bind_sync(backend, func, name=options.name or name, ttl=ttl, fleet=fleet)
             run = _through_binding(func, bound)
+        binding = abound if bound is None else bound
+        if isinstance(binding, CountsTakeovers):
+            binding.count_takeovers(group._stats.takeovers.__next__)  # O1
         local_ttl = backend.local_ttl
         if local_ttl is not None:
             local_ttl = seconds("local_ttl", local_ttl, none_is_off=True)

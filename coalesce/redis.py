@@ -83,6 +83,11 @@ R = TypeVar("R")
 
 _log: Final = logging.getLogger("coalesce.redis")
 
+
+def _no_tick() -> None:
+    """Counts nothing: a binding's takeover counter until the decorator gives one."""
+
+
 OnBackendError = Literal["local", "raise"]
 
 
@@ -565,6 +570,7 @@ class _Binding:
     __slots__ = (
         "_raised",
         "_refreshing",
+        "_tick",
         "backend",
         "codec",
         "fleet",
@@ -577,6 +583,7 @@ class _Binding:
     def __init__(
         self, backend: RedisBackend, name: str, ttl: float, fleet: Fleet | None = None
     ) -> None:
+        self._tick: Callable[[], object] = _no_tick  # counts lease takeovers (O1)
         self.backend = backend
         self.codec = backend._codec
         self.name = name
@@ -594,6 +601,11 @@ class _Binding:
         return f"<{type(self).__name__} {self.backend.prefix}:{self.name} ttl={self.ttl}>"
 
     # -- keys (R2)
+
+    def count_takeovers(self, tick: Callable[[], object]) -> None:
+        """Call ``tick()`` each time a caller that waited on another process's leader
+        takes the lease over (coalesce.CountsTakeovers, ``coalesce.lease.takeovers``)."""
+        self._tick = tick
 
     def redis_key(self, key: Hashable) -> str:
         """The Redis key that holds the value for ``key``: ``prefix:name:digest``."""
@@ -716,6 +728,7 @@ class _Binding:
         deadline = time.monotonic() + backend.wait_timeout
         skip_value = False
         rescue: Any = _NONE  # an old value, served if recomputing fails (stale_if_error)
+        waited = False  # on a leader in another process: leading after that is a takeover
         while True:
             try:
                 reply = yield _Acquire(vkey, lkey, token, skip_value)
@@ -748,8 +761,11 @@ class _Binding:
                 skip_value = True
                 continue
             if state == 2:  # this caller leads
+                if waited:
+                    self._tick()  # the leader it waited on died or gave up (R4)
                 gen = bytes(reply[1])
                 return (yield from self._lead(vkey, lkey, token, gen, rescue, background=False))
+            waited = True
             # Another process leads: wait for its outcome on the flight's own list, no
             # longer than its lease has left (it may have died) or our deadline.
             leader = bytes(reply[1]).decode("ascii")
