@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from benchmarks import _stampede_threads
+from benchmarks import _otel, _stampede_threads
 from benchmarks._method import Table, is_ours
 
 
@@ -80,6 +80,7 @@ def judge(tables: dict[str, Table]) -> list[Check]:
     checks.append(
         _ratio_check("P2", t, "async hit vs plain await", "coalesce", "plain coroutine", 2.5)
     )
+    checks.extend(_p11(tables))
     checks.append(_p3(tables.get("async_stampede_1x10000")))
     checks.append(_p4(tables.get("thread_stampede_16x64")))
     checks.append(
@@ -118,6 +119,24 @@ def judge(tables: dict[str, Table]) -> list[Check]:
         )
     )
     return checks
+
+
+def _p11(tables: dict[str, Table]) -> list[Check]:
+    """P11: P1 and P2 with ``instrument()`` on, and the hit beside the same hit with it off."""
+    on = _otel.ROW
+    sync, hits = tables.get("sync_hit"), tables.get("async_hit")
+    return [
+        _ratio_check(
+            "P11", sync, "sync hit f(1), instrumented, vs cachetools", on, "cachetools", 0.25
+        ),
+        _ratio_check("P11", sync, "sync hit f(1), instrumented, vs cachebox", on, "cachebox", 0.5),
+        _ratio_check("P11", sync, "sync hit f(1), instrumented vs not", on, "coalesce", 1.1),
+        _ratio_check("P11", hits, "async hit, instrumented, vs async-lru", on, "async-lru", 0.25),
+        _ratio_check(
+            "P11", hits, "async hit, instrumented, vs plain await", on, "plain coroutine", 2.5
+        ),
+        _ratio_check("P11", hits, "async hit, instrumented vs not", on, "coalesce", 1.1),
+    ]
 
 
 def _p3(table: Table | None) -> Check:

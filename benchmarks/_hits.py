@@ -7,7 +7,7 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from benchmarks import _peers
+from benchmarks import _otel, _peers
 from benchmarks._method import (
     SLICES,
     Budget,
@@ -90,9 +90,10 @@ def sync_hit(budget: Budget, rng: random.Random, *, keywords: bool) -> Table:
         baseline="coalesce",
     )
     functions = {"plain function": fn, **_build(_sync_hit_factories(keywords=keywords), fn, table)}
-    interleave(
-        table, _measure_sync(table, functions, call, budget), budget.repeats, rng, slices=SLICES
-    )
+    instrumented = _otel.add_row(table, functions, _peers.coalesce_ttl, fn)  # P11
+    measures = _otel.wrap(_measure_sync(table, functions, call, budget), instrumented)
+    interleave(table, measures, budget.repeats, rng, slices=SLICES)
+    _otel.note(table, functions, instrumented)
     table.notes.append(
         "`plain function` is the undecorated function: the floor no cache can go under."
     )
@@ -139,12 +140,14 @@ def async_hit(budget: Budget, rng: random.Random) -> Table:
     table = Table(key="async_hit", title="Async hit `await f(1)` with ttl", unit="CPU ns/call")
     table.baseline = "coalesce"
     functions = {"plain coroutine": _aone, **_build(_async_hit_factories(), _aone, table)}
+    instrumented = _otel.add_row(table, functions, _peers.coalesce_ttl, _aone)  # P11
     loop = asyncio.new_event_loop()
     try:
-        measures = _measure_async(table, functions, "f(1)", budget, loop)
+        measures = _otel.wrap(_measure_async(table, functions, "f(1)", budget, loop), instrumented)
         interleave(table, measures, budget.repeats, rng, slices=SLICES)
     finally:
         close_loop(loop)
+    _otel.note(table, functions, instrumented)
     table.notes.append("`plain coroutine` is `await f(1)` on the undecorated `async def`.")
     return table
 

@@ -36,12 +36,19 @@ class _Row:
         self.seconds = 0.0
 
 
-def _decorate(report: Callable[..., Any], variant: str) -> Any:
+# With --otel: where the demo's functions are kept alive until the instruments are read
+# (a function that is garbage-collected leaves them; see _demo_otel).
+_KEEP: list[list[Any]] = []
+
+
+def _decorate(report: Callable[..., Any], variant: str, label: str) -> Any:
     if variant == "plain":
         return report
-    if variant == "@singleflight":
-        return singleflight(report)
-    return singleflight(ttl=60)(report)
+    report.__qualname__ = f"report ({label.split()[0]}, {variant})"  # its coalesce.function
+    fn = singleflight(report) if variant == "@singleflight" else singleflight(ttl=60)(report)
+    for kept in _KEEP:
+        kept.append(fn)
+    return fn
 
 
 def _measure(row: _Row, fn: Any, waves: int, run: Callable[[], None]) -> _Row:
@@ -82,7 +89,7 @@ def _threads(variant: str, waves: int) -> _Row:
             time.sleep(WORK_SECONDS)  # a slow query
         return f"report for day {day}"
 
-    fn = _decorate(report, variant)
+    fn = _decorate(report, variant, row.label)
 
     def run() -> None:
         for _ in range(waves):
@@ -102,7 +109,7 @@ def _asyncio(variant: str, waves: int) -> _Row:
             await asyncio.sleep(WORK_SECONDS)  # a slow query
         return f"report for day {day}"
 
-    fn = _decorate(report, variant)
+    fn = _decorate(report, variant, row.label)
 
     async def run() -> None:
         nonlocal database
@@ -190,6 +197,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "(e.g. redis://localhost:6379/0 or unix:///tmp/redis.sock); it is checked "
         "before the demo starts",
     )
+    demo_parser.add_argument(
+        "--otel",
+        action="store_true",
+        help="publish the demo's functions with coalesce.otel.instrument() and print what "
+        "the OpenTelemetry instruments say after the stampede (needs opentelemetry-sdk)",
+    )
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
@@ -199,7 +212,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             from ._demo_redis import check_redis
 
             check_redis(args.redis)  # a bad URL fails in one line, before the local demo
-        demo()
+        otel = None
+        if args.otel:
+            from ._demo_otel import OtelDemo, check_sdk
+
+            check_sdk()  # a missing SDK fails in one line, before the demo
+            otel = OtelDemo()
+            _KEEP.append(otel.functions)
+        try:
+            demo()
+        finally:
+            _KEEP.clear()
+        if otel is not None:
+            print()
+            print(otel.table())
         if args.redis:
             from ._demo_redis import run_redis_demo
 

@@ -3,7 +3,7 @@
 Built strictly in CI: ``python -m sphinx -W -n --keep-going -b html docs docs/_build/html``.
 No inventory is fetched at build time (no intersphinx): references to the standard
 library are resolved offline to docs.python.org by ``_python_reference`` below, and
-references to other projects' types in signatures (redis-py) are listed in
+references to other projects' types in signatures (redis-py, OpenTelemetry) are listed in
 ``nitpick_ignore_regex``; a broken reference to any name of coalesce still fails.
 """
 
@@ -57,6 +57,7 @@ nitpicky = True
 # cannot be linked, and fetching those is what this build must not do.
 nitpick_ignore_regex = [
     (r"py:(class|obj)", r"(redis\.|Redis$).*"),
+    (r"py:(class|obj)", r"opentelemetry\..*"),
     # Type variables and aliases of the signatures, explained in the text around them.
     (
         r"py:(class|obj)",

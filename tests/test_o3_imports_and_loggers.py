@@ -83,3 +83,11 @@ def test_o3_nothing_logs_to_the_root_logger() -> None:
                 and node.func.value.id == "logging"
             ):
                 assert node.func.attr not in root_calls, f"{path.name}:{node.lineno}"
+
+
+def test_o3_the_docs_list_every_logger() -> None:
+    """O3: docs/observability.md names every logger the package logs to."""
+    page = (ROOT / "docs" / "observability.md").read_text(encoding="utf-8")
+    for names in _logger_names().values():
+        for name in names:
+            assert f"| `{name}` |" in page, f"docs/observability.md does not list {name}"
