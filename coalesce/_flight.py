@@ -1423,6 +1423,11 @@ class AsyncGroup:
         """The execution ended: keep its outcome (S3), leave the registry, wake the waiters."""
         if store is not None or not ok:
             ok, value = _outcome(store, self._stats, fkey[1], flight, ok, value)
+        else:  # what _outcome does for a result kept nowhere, inline (O1)
+            next(self._stats.ok)
+            timer = _observe.timer
+            if timer is not None and flight.began:
+                timer(self._stats, _time.perf_counter() - flight.began)
         self._wake(fkey, flight, ok, value)
 
     def _wake(self, fkey: _FlightKey, flight: _AsyncFlight, ok: bool, value: Any) -> None:
