@@ -240,15 +240,26 @@ def slots({params}):
     return {slots}
 """
 
+# A miss that raises drops the wrapper's locals first: an error kept with error_ttl=
+# (F4) holds this frame in its traceback, and must not keep the call's arguments or
+# an expired entry alive (S16). (No cost on a hit, which returned above.)
 _SYNC_CALL = """\
-    return _sf_call(_sf_key, _sf_run, {args}, {kwargs}, _sf_store)[0]"""
+    try:
+        return _sf_call(_sf_key, _sf_run, {args}, {kwargs}, _sf_store)[0]
+    except BaseException:
+        {drop} = None
+        raise"""
 
 # AsyncGroup._call answers at once when it can (no extra frame), else gives a
 # coroutine to await.
 _ASYNC_CALL = """\
-    _sf_out = _sf_call(_sf_key, _sf_run, {args}, {kwargs}, _sf_store)
-    if _sf_out.__class__ is not _sf_tuple:
-        _sf_out = await _sf_out
+    try:
+        _sf_out = _sf_call(_sf_key, _sf_run, {args}, {kwargs}, _sf_store)
+        if _sf_out.__class__ is not _sf_tuple:
+            _sf_out = await _sf_out
+    except BaseException:
+        {drop} = None
+        raise
     return _sf_out[0]"""
 
 # early= (F2): a hit may start one background refresh, and still returns at once.
@@ -275,6 +286,7 @@ _LOOKUPS = {
         if _sf_entry[{fresh}] > _sf_time.monotonic(){wall}:
             _sf_next(_sf_hits){early}
             return _sf_entry[{value}]
+        _sf_entry = None  # expired: the miss below must not hold it (S16)
 """,
     # A user's mapping: only under its guard (S17).
     "mapping": """\
@@ -301,6 +313,16 @@ class Compiled(NamedTuple):
     wrapper: Callable[..., Any]
     cache_key: Callable[..., Hashable]
     describe: Describe
+
+
+def _names(params: str) -> list[str]:
+    """The parameter names in a wrapper's ``params`` ("a, b=_sf_d1, /, *rest, **kw")."""
+    names = []
+    for part in params.split(","):
+        name = part.strip().lstrip("*").partition("=")[0].strip()
+        if name and name != "/":
+            names.append(name)
+    return names
 
 
 def compile_wrapper(
@@ -360,7 +382,9 @@ def compile_wrapper(
         lookup=ours(_LOOKUPS[kind]).format(
             args=args, kwargs=kwargs, wall=wall, early=early, fresh=FRESH, value=VALUE
         ),
-        call=ours(_ASYNC_CALL if is_async else _SYNC_CALL).format(args=call_args, kwargs=kwargs),
+        call=ours(_ASYNC_CALL if is_async else _SYNC_CALL).format(
+            args=call_args, kwargs=kwargs, drop=" = ".join([*_names(source.params), f"{p}key"])
+        ),
     )
     if source.slots is not None:
         text += _SLOTS.format(params=source.params, slots=source.slots)

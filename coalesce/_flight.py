@@ -647,20 +647,28 @@ class Group:
                     flight.lock = threading.Lock()
                     flight.lock.acquire()
                 leader = False
+        except BaseException:
+            refresh = None  # not listed, or nothing to refresh
+            del fn, args, kwargs  # an error kept (F4) holds this frame: not the arguments
+            raise
         finally:
             lock.release()
             if refresh is not None:
                 self._start_background(key, refresh, fn, args, kwargs, store)
-        if leader:
-            next(stats.executed)
-            next(stats.started)
-            collector = self._collector
-            if collector is not None:
-                # f.batch(collect=...): this miss is fetched with others (B6).
-                return collector.gather(self, key, flight, fn, args, kwargs, store), flight
-            return self._lead(key, flight, fn, args, kwargs, store), flight
-        next(stats.coalesced)
-        return self._wait(key, flight, fn, args, kwargs, store), flight
+        try:
+            if leader:
+                next(stats.executed)
+                next(stats.started)
+                collector = self._collector
+                if collector is not None:
+                    # f.batch(collect=...): this miss is fetched with others (B6).
+                    return collector.gather(self, key, flight, fn, args, kwargs, store), flight
+                return self._lead(key, flight, fn, args, kwargs, store), flight
+            next(stats.coalesced)
+            return self._wait(key, flight, fn, args, kwargs, store), flight
+        except BaseException:
+            del fn, args, kwargs  # an error kept (F4) holds this frame: not the arguments
+            raise
 
     def _background_flight(self) -> _Flight:
         flight = _Flight(0)
@@ -749,6 +757,7 @@ class Group:
         else:
             ok, value = self._end(key, flight, store, True, value)
         if not ok:
+            del fn, args, kwargs  # an error kept (F4) holds this frame: not the arguments
             raise value
         return value
 
@@ -824,6 +833,7 @@ class Group:
             return self._lead(key, flight, fn, args, kwargs, store)
         waiters.release()  # pass the wake-up on to the next waiter
         if state == _FAILED:
+            del fn, args, kwargs  # an error kept (F4) holds this frame: not the arguments
             raise flight.value
         return flight.value
 
@@ -1283,7 +1293,11 @@ class AsyncGroup:
             raise self._describe(key, args, kwargs) from None
         stats = self._stats
         if store is not None:
-            value, stale = _consult(store, stats, key, flight)
+            try:
+                value, stale = _consult(store, stats, key, flight)
+            except BaseException:
+                del fn, args, kwargs  # a kept error (F4) holds this frame: not the arguments
+                raise
             if value is not MISSING:
                 if stale and flight is None:
                     self._start_background(loop, fkey, fn, args, kwargs, store)
@@ -1351,6 +1365,7 @@ class AsyncGroup:
             if state == _DONE:
                 return flight.value, flight
             if state == _FAILED:
+                del fn, args, kwargs  # a kept error (F4) holds this frame: not the arguments
                 raise flight.value
             raise asyncio.CancelledError
         flight.task = task

@@ -27,6 +27,7 @@ import random
 import sys
 import threading
 import time as _time
+import traceback as traceback_module
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator, MutableMapping
@@ -101,6 +102,22 @@ Entry = tuple[Any, float, float, float, float, float, float]
 _INF: Final = math.inf
 # Born and fresh at minus infinity: older than every window, so never served.
 _TOMBSTONE: Final[Entry] = (None, -_INF, -_INF, -_INF, -_INF, 0.0, 0.0)
+
+
+def _kept_traceback(error: BaseException) -> TracebackType | None:
+    """The traceback an error is kept with (F4): where it was raised, not who called.
+
+    The library's own frames at its head (which hold the call's arguments) are left
+    out, and the function's frames below are cleared of their locals, so a kept
+    error keeps no argument or result alive (S16); file names and line numbers stay,
+    so it prints as it did. The error is given that traceback too.
+    """
+    tb = error.__traceback__
+    while tb is not None and tb.tb_frame.f_globals.get("__name__", "").startswith("coalesce."):
+        tb = tb.tb_next
+    traceback_module.clear_frames(tb)
+    error.__traceback__ = tb
+    return tb
 
 
 class TTLStore:
@@ -337,10 +354,22 @@ class TTLStore:
         """
         if not self.error_ttl:
             return
+        traceback = _kept_traceback(error)
         mono, wall = self.now()
-        kept = (error, mono + self.error_ttl, wall + self.error_ttl, error.__traceback__)
+        kept = (error, mono + self.error_ttl, wall + self.error_ttl, traceback)
         errors = self.errors
+        data = self.data
         with self.lock:
+            replaced = data.get(key)
+            if (
+                replaced is not None
+                and replaced is not _TOMBSTONE
+                and self._age(replaced, mono, wall) >= replaced[TTL] + self.keep
+            ):
+                # The result the failed call would have replaced is past every window:
+                # it goes now, not when it reaches the front of the order.
+                del data[key]
+                self.order.pop(key, None)
             errors.pop(key, None)  # kept again: to the back of the order
             errors[key] = kept
             while errors:
