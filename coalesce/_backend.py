@@ -193,7 +193,8 @@ class Backend(Protocol):
             :class:`AsyncBinding`; else a :class:`Binding`.
 
         A backend that keeps freshness across the fleet (R10) also takes
-        ``fleet: Fleet`` (see :func:`takes_fleet`); ``ttl`` may then be a callable.
+        ``fleet: Fleet`` (the decorator checks for it by name); ``ttl`` may then be a
+        callable.
         """
         ...
 
