@@ -1,4 +1,7 @@
-"""Type-checked by tests/test_backend_protocol.py (mypy --strict): the Backend protocol.
+"""The Backend protocol.
+
+Type-checked by tests/test_backend_protocol.py (mypy --strict) and tests/test_typing_pyright.py
+(pyright --strict).
 
 Not run by pytest itself. ``RedisBackend`` is a ``Backend`` (its bindings are a
 ``Binding`` and an ``AsyncBinding``), so is a backend written outside coalesce, and an

@@ -1,4 +1,7 @@
-"""Type-checked by tests/test_asgi.py (mypy --strict): the middlewares as users wire them.
+"""The middlewares as users wire them.
+
+Type-checked by tests/test_asgi.py (mypy --strict) and tests/test_typing_pyright.py
+(pyright --strict).
 
 Not run by pytest itself. Each ``# type: ignore[...]`` marks a line mypy must reject:
 with ``warn_unused_ignores`` (part of --strict), a line it stops rejecting fails.
