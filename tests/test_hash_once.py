@@ -206,3 +206,25 @@ def test_backend_gets_the_key_as_built() -> None:
     assert g(key, 1) == 5
     assert backend.keys[-1] == (key, 1)
     assert type(backend.keys[-1]) is not K
+
+
+def test_mapping_callbacks_get_the_key_back_as_value() -> None:
+    """S4 (docs/keys.md): a TLRUCache ``ttu`` sees a non-plain key's wrapper; ``.value`` is it."""
+    K = _fresh_key_class()
+    seen: list[Any] = []
+
+    def ttu(key: Any, value: Any, now: float) -> float:
+        seen.append(key)
+        return now + 60
+
+    cache = cachetools.TLRUCache(maxsize=10, ttu=ttu)
+    f = singleflight(cache=cache)(lambda k: k.n)
+    g = singleflight(cache=cache)(lambda k, m: k.n + m)
+    key = K(7)
+    assert f(key) == 7
+    assert g(key, 1) == 8
+    assert seen[0] == key
+    assert seen[0].value is key
+    assert seen[1] == (key, 1)
+    assert isinstance(seen[1], tuple)
+    assert K.hashes == 2, "the mapping never hashes the key again"
