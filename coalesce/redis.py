@@ -51,7 +51,7 @@ from typing import Any, Final, Literal, TypeVar, cast, final
 
 import redis
 import redis.asyncio
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from coalesce._backend import Fleet
 from coalesce._fork import at_fork
@@ -83,6 +83,10 @@ R = TypeVar("R")
 
 _log: Final = logging.getLogger("coalesce.redis")
 
+# What a failing Redis raises (R6): redis-py's errors, and on a cluster also the client's
+# own, which is no RedisError (no node reachable, slots not covered).
+_FAILURES: Final = (RedisError, RedisClusterException)
+
 
 def _no_tick() -> None:
     """Counts nothing: a binding's takeover counter until the decorator gives one."""
@@ -103,7 +107,10 @@ _DONE_MS: Final = 2000
 # Every key of one cache key starts with its value key: the value, ``:lease``,
 # ``:done:<token>`` and ``:gen``, the key's generation, which invalidate() and
 # cache_clear() step (R11). A store names the generation it read when its execution
-# began, and a script stores nothing when the generation has moved since.
+# began, and a script stores nothing when the generation has moved since. On a Redis
+# Cluster the value key is ``prefix:name:{digest}``: the braces make the digest the
+# hash tag of all those keys (R13), so each script below and a follower's BLMOVE touch
+# one slot, while different cache keys of a function spread over every shard.
 
 # KEYS: value, lease, generation. ARGV: token, lease ms, "1" to skip the value (it
 # failed to verify, or is past its windows). Replies {1, value}, {2, generation}
@@ -173,6 +180,21 @@ return had
 # How long a key's generation outlives its last invalidate(): longer than any
 # execution that could still try to store under the old one.
 _GEN_MS: Final = 24 * 3600 * 1000
+
+
+def _drop_commands(pipe: Any, keys: tuple[str, str, str]) -> None:
+    """``_DROP`` as plain commands, for a cluster pipeline (which refuses scripts).
+
+    The generation steps first: a leader finishing before it stored a value that the
+    DELs then remove, one finishing after it stores nothing. A cache key's commands go
+    to its slot's master in this order.
+    """
+    value, lease, gen = keys
+    pipe.incr(gen)
+    pipe.pexpire(gen, _GEN_MS)
+    pipe.delete(value)
+    pipe.delete(lease)
+
 
 # KEYS: lease. ARGV: token, lease ms. Extends the lease only if ARGV[1] still holds it.
 _EXTEND: Final = """
@@ -334,9 +356,10 @@ class RedisBackend:
     shared by every function that uses this backend; ``docs/redis.md`` tells the
     semantics and the failure modes.
 
-    :param client: a ``redis.Redis`` (for ``def`` functions) or a
-        ``redis.asyncio.Redis`` (for ``async def`` functions), made with
-        ``decode_responses=False`` (the default).
+    :param client: a ``redis.Redis`` or ``redis.cluster.RedisCluster`` (for ``def``
+        functions), or a ``redis.asyncio.Redis`` or ``redis.asyncio.cluster.RedisCluster``
+        (for ``async def`` functions), made with ``decode_responses=False`` (the
+        default). On a cluster, keys are ``prefix:name:{digest}`` (R13).
     :param prefix: the first part of every key (``prefix:name:digest``).
     :param serializer: ``"pickle"``, ``"json"``, or any :class:`Serializer`.
     :param signing_key: bytes (16 or more): HMAC-sign every payload, and never
@@ -365,6 +388,7 @@ class RedisBackend:
         "_retry_at",
         "client",
         "is_async",
+        "is_cluster",
         "lease_ttl",
         "local_ttl",
         "on_backend_error",
@@ -377,7 +401,7 @@ class RedisBackend:
 
     def __init__(
         self,
-        client: redis.Redis | redis.asyncio.Redis,
+        client: redis.Redis | redis.RedisCluster | redis.asyncio.Redis | redis.asyncio.RedisCluster,
         /,
         *,
         prefix: str = "coalesce",
@@ -389,17 +413,21 @@ class RedisBackend:
         on_backend_error: OnBackendError = "local",
         outage_cooldown: float = 1.0,
     ) -> None:
-        if isinstance(client, redis.asyncio.Redis):
+        if isinstance(client, redis.asyncio.Redis | redis.asyncio.RedisCluster):
             self.is_async = True
-        elif isinstance(client, redis.Redis):
+        elif isinstance(client, redis.Redis | redis.RedisCluster):
             self.is_async = False
         else:
             raise TypeError(
-                f"RedisBackend needs a redis.Redis (for def functions) or a "
-                f"redis.asyncio.Redis (for async def functions), not {type(client).__name__}; "
-                "make one with redis.Redis.from_url(url), or use RedisBackend.from_url(url)"
+                f"RedisBackend needs a redis.Redis or redis.cluster.RedisCluster (for def "
+                f"functions), or a redis.asyncio.Redis or redis.asyncio.cluster.RedisCluster "
+                f"(for async def functions), not {type(client).__name__}; make one with "
+                "redis.Redis.from_url(url), or use RedisBackend.from_url(url)"
             )
-        kwargs = client.connection_pool.connection_kwargs
+        # On a Redis Cluster, every key of one cache key carries its digest as hash tag
+        # (R13; see _Binding.redis_key).
+        self.is_cluster = isinstance(client, redis.RedisCluster | redis.asyncio.RedisCluster)
+        kwargs = client.get_connection_kwargs()
         if kwargs.get("decode_responses"):
             raise ValueError(
                 "RedisBackend needs a client made with decode_responses=False (the default): "
@@ -421,6 +449,12 @@ class RedisBackend:
             raise ValueError(
                 f"prefix must be a non-empty str of letters, digits and _ . : / @ {{ }} - "
                 f"that does not end in ':' (coalesce adds the separator), not {prefix!r}"
+            )
+        if self.is_cluster and "{" in prefix:
+            raise ValueError(
+                f"prefix {prefix!r} has a '{{': on a Redis Cluster that would make a hash tag "
+                "shared by many keys, putting their load on one shard; coalesce tags each "
+                "cache key with its own digest (prefix:name:{digest}): drop the braces"
             )
         self.prefix = prefix
 
@@ -516,6 +550,13 @@ class RedisBackend:
                 f"name must be a non-empty str without whitespace (it is part of the "
                 f"Redis key {self.prefix}:<name>:<digest>), not {name!r}"
             )
+        if self.is_cluster and "{" in name:
+            raise ValueError(
+                f"name {name!r} of {label} has a '{{': on a Redis Cluster that would make a "
+                "hash tag shared by the function's keys, putting its whole load on one "
+                "shard; coalesce tags each cache key with its own digest "
+                "(prefix:name:{digest}): pass a name= without braces"
+            )
         binding = _AsyncBinding if is_async else _SyncBinding
         if callable(ttl):
             if fleet is None or fleet.ttl is not ttl:
@@ -568,8 +609,10 @@ class _Binding:
     """One decorated function's view of the backend: key names, payloads, the protocol."""
 
     __slots__ = (
+        "_head",
         "_raised",
         "_refreshing",
+        "_tail",
         "_tick",
         "backend",
         "codec",
@@ -587,6 +630,10 @@ class _Binding:
         self.backend = backend
         self.codec = backend._codec
         self.name = name
+        # What comes before and after a key's digest in its Redis key (R2, R13).
+        tagged = backend.is_cluster
+        self._head = f"{backend.prefix}:{name}:{'{' if tagged else ''}"
+        self._tail = "}" if tagged else ""
         self.ttl = ttl
         self.ttl_ms = max(1, math.ceil(ttl * 1000))
         self.fleet = fleet if fleet is not None else Fleet(ttl=ttl)
@@ -608,18 +655,27 @@ class _Binding:
         self._tick = tick
 
     def redis_key(self, key: Hashable) -> str:
-        """The Redis key that holds the value for ``key``: ``prefix:name:digest``."""
+        """The Redis key that holds the value for ``key``: ``prefix:name:digest``.
+
+        On a Redis Cluster it is ``prefix:name:{digest}``: the digest is the hash tag of
+        the value and of every key beside it (``:lease``, ``:done:<token>``, ``:gen``),
+        so one call's scripts and blocking pop stay on one slot (R13).
+        """
         digest = key_digest(key, name=self.name, store="Redis")
-        return f"{self.backend.prefix}:{self.name}:{digest}"
+        return f"{self._head}{digest}{self._tail}"
 
     def _pattern(self) -> str:
-        escaped = re.sub(r"([*?\[\]\\])", r"\\\1", f"{self.backend.prefix}:{self.name}:")
-        return escaped + "?" * DIGEST_LEN
+        escaped = re.sub(r"([*?\[\]\\])", r"\\\1", self._head)
+        return escaped + "?" * DIGEST_LEN + self._tail
 
     def _is_value_key(self, key: bytes | str) -> bool:
         text = key.decode("utf-8", "replace") if isinstance(key, bytes) else key
-        head = f"{self.backend.prefix}:{self.name}:"
+        head = self._head
         tail = text[len(head) :]
+        if self._tail:
+            if not tail.endswith(self._tail):
+                return False
+            tail = tail[: -len(self._tail)]
         return (
             text.startswith(head)
             and len(tail) == DIGEST_LEN
@@ -732,7 +788,7 @@ class _Binding:
         while True:
             try:
                 reply = yield _Acquire(vkey, lkey, token, skip_value)
-            except RedisError as exc:
+            except _FAILURES as exc:
                 backend._failed(exc, self.name)
                 return (yield from self._local(vkey, lkey, None))
             backend._answered()
@@ -786,7 +842,7 @@ class _Binding:
             done_key = f"{vkey}:done:{leader}"
             try:
                 item = yield _Block(done_key, max(block, 0.001))
-            except RedisError as exc:
+            except _FAILURES as exc:
                 backend._failed(exc, self.name)
                 return (yield from self._local(vkey, lkey, None))
             if item is None:
@@ -810,7 +866,7 @@ class _Binding:
             # at once; then look again.
             try:
                 yield _Discard(done_key, bytes(item))
-            except RedisError as exc:
+            except _FAILURES as exc:
                 backend._failed(exc, self.name)
                 return (yield from self._local(vkey, lkey, None))
 
@@ -821,7 +877,7 @@ class _Binding:
         token = secrets.token_hex(16)
         try:
             gen = yield _TryLease(vkey, lkey, token, found)
-        except RedisError as exc:
+        except _FAILURES as exc:
             self.backend._failed(exc, self.name, may_raise=False)
             return
         if gen is None:
@@ -849,7 +905,7 @@ class _Binding:
             # followers to look again, so that one of them leads at once.
             try:
                 yield _Finish(vkey, lkey, token, self._seal(vkey, RETRY, b""))
-            except RedisError as exc:
+            except _FAILURES as exc:
                 backend._failed(exc, self.name, may_raise=False)
             raise
         delta = time.monotonic() - started
@@ -867,7 +923,7 @@ class _Binding:
             store_ms = max(1, math.ceil(self.fleet.error_ttl * 1000)) if keep else 0
             try:
                 yield _Finish(vkey, lkey, token, sealed, store_ms=store_ms, gen=gen)
-            except RedisError as exc:
+            except _FAILURES as exc:
                 backend._failed(exc, self.name, may_raise=False)
             if rescue is not _NONE:
                 self._rescued(error)
@@ -900,12 +956,12 @@ class _Binding:
             )
             try:
                 yield _Finish(vkey, lkey, token, self._seal(vkey, LOCAL, b""))
-            except RedisError as redis_exc:
+            except _FAILURES as redis_exc:
                 backend._failed(redis_exc, self.name, may_raise=False)
             return value
         try:
             yield _Finish(vkey, lkey, token, payload, store_ms=store_ms, gen=gen)
-        except RedisError as exc:
+        except _FAILURES as exc:
             backend._failed(exc, self.name)
         return value
 
@@ -923,7 +979,7 @@ class _Binding:
             if store_ms:
                 try:
                     yield _Store(vkey, payload, store_ms, gen)
-                except RedisError as exc:
+                except _FAILURES as exc:
                     self.backend._failed(exc, self.name, may_raise=False)
         return ran.value
 
@@ -1126,7 +1182,7 @@ class _SyncBinding(_Binding):
         while not stop.wait(interval):
             try:
                 held = self._extend(keys=(lease_key,), args=(token, self._lease_ms()))
-            except RedisError as exc:
+            except _FAILURES as exc:
                 self.backend._failed(exc, self.name, may_raise=False)
                 continue
             if not held:
@@ -1139,7 +1195,7 @@ class _SyncBinding(_Binding):
         vkey = self.redis_key(key)
         try:
             return bool(self._drop(keys=self._drop_keys(vkey), args=(_GEN_MS,)))
-        except RedisError as exc:
+        except _FAILURES as exc:
             self.backend._failed(exc, self.name)
             return False
 
@@ -1154,7 +1210,7 @@ class _SyncBinding(_Binding):
                     if len(batch) >= 500:
                         self._drop_all(batch)
             self._drop_all(batch)
-        except RedisError as exc:
+        except _FAILURES as exc:
             self.backend._failed(exc, self.name)
 
     def _drop_all(self, batch: list[str]) -> None:
@@ -1162,7 +1218,10 @@ class _SyncBinding(_Binding):
             return
         pipe = self.client.pipeline(transaction=False)
         for vkey in dict.fromkeys(batch):
-            self._drop(keys=self._drop_keys(vkey), args=(_GEN_MS,), client=pipe)
+            if self.backend.is_cluster:
+                _drop_commands(pipe, self._drop_keys(vkey))
+            else:
+                self._drop(keys=self._drop_keys(vkey), args=(_GEN_MS,), client=pipe)
         pipe.execute()
         batch.clear()
 
@@ -1299,7 +1358,7 @@ class _AsyncBinding(_Binding):
             await asyncio.sleep(interval)
             try:
                 held = await self._extend(keys=(lease_key,), args=(token, self._lease_ms()))
-            except RedisError as exc:
+            except _FAILURES as exc:
                 self.backend._failed(exc, self.name, may_raise=False)
                 continue
             if not held:
@@ -1311,7 +1370,7 @@ class _AsyncBinding(_Binding):
         vkey = self.redis_key(key)
         try:
             return bool(await self._drop(keys=self._drop_keys(vkey), args=(_GEN_MS,)))
-        except RedisError as exc:
+        except _FAILURES as exc:
             self.backend._failed(exc, self.name)
             return False
 
@@ -1326,7 +1385,7 @@ class _AsyncBinding(_Binding):
                     if len(batch) >= 500:
                         await self._drop_all(batch)
             await self._drop_all(batch)
-        except RedisError as exc:
+        except _FAILURES as exc:
             self.backend._failed(exc, self.name)
 
     async def _drop_all(self, batch: list[str]) -> None:
@@ -1334,6 +1393,9 @@ class _AsyncBinding(_Binding):
             return
         pipe = self.client.pipeline(transaction=False)
         for vkey in dict.fromkeys(batch):
-            await self._drop(keys=self._drop_keys(vkey), args=(_GEN_MS,), client=pipe)
+            if self.backend.is_cluster:
+                _drop_commands(pipe, self._drop_keys(vkey))
+            else:
+                await self._drop(keys=self._drop_keys(vkey), args=(_GEN_MS,), client=pipe)
         await pipe.execute()
         batch.clear()

@@ -13,12 +13,14 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
@@ -35,13 +37,10 @@ def find_redis_server() -> str:
         "/usr/bin/redis-server" if os.path.exists("/usr/bin/redis-server") else None
     )
     if path is None:
-        message = (
+        _unavailable(
             "redis-server was not found on PATH: install it (apt-get install redis-server, "
             "or brew install redis) to run the Redis tests"
         )
-        if os.environ.get(REQUIRE_ENV) == "1":
-            pytest.fail(f"{message}; {REQUIRE_ENV}=1 requires them", pytrace=False)
-        pytest.skip(f"{message}; set {REQUIRE_ENV}=1 to make this a failure")
     return path
 
 
@@ -52,6 +51,29 @@ def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 10.0) 
         if time.monotonic() > deadline:
             raise AssertionError(f"gave up after {timeout}s waiting until {what}")
         time.sleep(0.002)
+
+
+class InThread:
+    """Run ``fn`` in a thread of this process and keep its outcome."""
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self.value: Any = None
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, args=(fn,), daemon=True)
+        self.thread.start()
+
+    def _run(self, fn: Callable[[], Any]) -> None:
+        try:
+            self.value = fn()
+        except BaseException as exc:
+            self.error = exc
+
+    def join(self) -> Any:
+        self.thread.join(20)
+        assert not self.thread.is_alive(), "the call never returned"
+        if self.error is not None:
+            raise self.error
+        return self.value
 
 
 class RedisServer:
@@ -123,6 +145,201 @@ class RedisServer:
         return redis.asyncio.Redis(
             unix_socket_path=self.socket, retry=Retry(NoBackoff(), 0), **options
         )
+
+
+def find_redis_cli() -> str:
+    """The path of ``redis-cli`` (to create a cluster), or skip (fail when required)."""
+    path = shutil.which("redis-cli") or (
+        "/usr/bin/redis-cli" if os.path.exists("/usr/bin/redis-cli") else None
+    )
+    if path is None:
+        _unavailable(
+            "redis-cli was not found on PATH: it creates the Redis Cluster of the cluster "
+            "tests (it comes with redis-server: apt-get install redis-server)"
+        )
+    return path
+
+
+def _unavailable(message: str) -> NoReturn:
+    """Skip with ``message``, or fail under COALESCE_REQUIRE_REDIS=1."""
+    if os.environ.get(REQUIRE_ENV) == "1":
+        pytest.fail(f"{message}; {REQUIRE_ENV}=1 requires it", pytrace=False)
+    pytest.skip(f"{message}; set {REQUIRE_ENV}=1 to make this a failure")
+
+
+def _free_port_pair() -> int:
+    """A loopback port ``p`` with ``p + 10000`` (its cluster bus) free too."""
+    for _ in range(200):
+        with socket.socket() as first:
+            first.bind(("127.0.0.1", 0))
+            port = int(first.getsockname()[1])
+            if port + 10000 > 65535:
+                continue
+            with socket.socket() as bus:
+                try:
+                    bus.bind(("127.0.0.1", port + 10000))
+                except OSError:
+                    continue
+        return port
+    raise RuntimeError("found no free loopback port whose cluster bus port is free too")
+
+
+class RedisCluster:
+    """A Redis Cluster of ``masters`` masters (no replicas) on loopback TCP ports.
+
+    Each node is a ``redis-server --cluster-enabled yes`` in a directory of its own;
+    ``redis-cli --cluster create`` assigns the slots, and ``start()`` returns once every
+    node reports ``cluster_state:ok``. ``socket`` is what ``_redis_workers.make_backend``
+    takes to reach it (``cluster:127.0.0.1:<port>``).
+    """
+
+    def __init__(self, executable: str, cli: str, directory: Path, masters: int = 3) -> None:
+        self.executable = executable
+        self.cli = cli
+        self.directory = directory
+        self.ports: list[int] = []
+        while len(self.ports) < masters:
+            port = _free_port_pair()
+            if port not in self.ports:
+                self.ports.append(port)
+        self.socket = f"cluster:127.0.0.1:{self.ports[0]}"
+        self.url = f"redis://127.0.0.1:{self.ports[0]}"
+        self.processes: dict[int, subprocess.Popen[bytes]] = {}
+
+    def _log(self, port: int) -> str:
+        path = self.directory / str(port) / "redis.log"
+        return path.read_text(errors="replace") if path.exists() else "(no log)"
+
+    def start(self) -> None:
+        for port in self.ports:
+            node = self.directory / str(port)
+            node.mkdir(exist_ok=True)
+            self.processes[port] = subprocess.Popen(
+                [
+                    self.executable,
+                    "--port",
+                    str(port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    str(node / "nodes.conf"),
+                    "--cluster-node-timeout",
+                    "2000",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    str(node),
+                    "--logfile",
+                    str(node / "redis.log"),
+                ],
+                stdin=subprocess.DEVNULL,
+            )
+        nodes = {port: self.node_client(port) for port in self.ports}
+        try:
+            for port, node in nodes.items():
+                wait_until(lambda p=port, n=node: self._answers(p, n), f"node {port} answers")
+            created = subprocess.run(
+                [
+                    self.cli,
+                    "--cluster",
+                    "create",
+                    *(f"127.0.0.1:{port}" for port in self.ports),
+                    "--cluster-replicas",
+                    "0",
+                    "--cluster-yes",
+                ],
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                timeout=60,
+                check=False,
+            )
+            if created.returncode != 0:
+                raise RuntimeError(
+                    f"redis-cli --cluster create failed ({created.returncode}):\n"
+                    f"{created.stdout.decode(errors='replace')}"
+                    f"{created.stderr.decode(errors='replace')}"
+                )
+            for port, node in nodes.items():
+                wait_until(
+                    lambda n=node: b"cluster_state:ok" in n.execute_command("CLUSTER", "INFO"),
+                    f"node {port} reports cluster_state:ok",
+                    timeout=30,
+                )
+        finally:
+            for node in nodes.values():
+                node.close()
+
+    def _answers(self, port: int, node: redis.Redis) -> bool:
+        process = self.processes[port]
+        if process.poll() is not None:
+            raise RuntimeError(f"cluster node {port} exited at start:\n{self._log(port)}")
+        try:
+            return bool(node.ping())
+        except redis.exceptions.ConnectionError:
+            return False
+
+    def stop(self) -> None:
+        processes, self.processes = self.processes, {}
+        for process in processes.values():
+            process.terminate()
+        for process in processes.values():
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(10)
+
+    def kill(self, port: int) -> None:
+        """Kill one node (SIGKILL): a master lost mid-flight."""
+        process = self.processes.pop(port)
+        process.kill()
+        process.wait(10)
+
+    def node_client(self, port: int) -> redis.Redis:
+        """A plain client of one node (no cluster routing)."""
+        return redis.Redis(host="127.0.0.1", port=port, retry=Retry(NoBackoff(), 0))
+
+    def flush(self) -> None:
+        """Empty every master, so that each test starts from nothing."""
+        for port in self.ports:
+            node = self.node_client(port)
+            try:
+                node.flushall()
+            finally:
+                node.close()
+
+    def client(self, **options: Any) -> redis.RedisCluster:
+        """A cluster client that fails at once when a node is gone (no retries)."""
+        return redis.RedisCluster(
+            host="127.0.0.1", port=self.ports[0], retry=Retry(NoBackoff(), 0), **options
+        )
+
+    def async_client(self, **options: Any) -> redis.asyncio.RedisCluster:
+        return redis.asyncio.RedisCluster(
+            host="127.0.0.1", port=self.ports[0], retry=Retry(NoBackoff(), 0), **options
+        )
+
+
+@contextlib.contextmanager
+def running_cluster(masters: int = 3) -> Iterator[RedisCluster]:
+    """A fresh Redis Cluster of ``masters`` masters on loopback, stopped on exit."""
+    executable = find_redis_server()
+    cli = find_redis_cli()
+    directory = Path(tempfile.mkdtemp(prefix="coalesce-cluster-"))
+    cluster = RedisCluster(executable, cli, directory, masters)
+    try:
+        try:
+            cluster.start()
+        except (RuntimeError, AssertionError, OSError, subprocess.SubprocessError) as exc:
+            _unavailable(f"could not start a Redis Cluster of {masters} masters: {exc}")
+        yield cluster
+    finally:
+        cluster.stop()
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 @contextlib.contextmanager

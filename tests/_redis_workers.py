@@ -49,18 +49,39 @@ class CountingRedis(redis.Redis):
         return super().execute_command(*args, **options)
 
 
+class CountingRedisCluster(redis.RedisCluster):
+    """``CountingRedis`` for a Redis Cluster (it shares the count)."""
+
+    def execute_command(self, *args: Any, **options: Any) -> Any:
+        CountingRedis.commands += 1
+        return super().execute_command(*args, **options)
+
+
+CLUSTER = "cluster:"
+"""How an address names a Redis Cluster: ``cluster:<host>:<port>`` of one node."""
+
+
+def connect(address: str, *, is_async: bool = False, **options: Any) -> Any:
+    """A client of ``address`` (a unix socket path, or ``cluster:host:port``), no retries."""
+    retry = Retry(NoBackoff(), 0)
+    if address.startswith(CLUSTER):
+        host, port = address[len(CLUSTER) :].rsplit(":", 1)
+        if is_async:
+            return redis.asyncio.RedisCluster(host=host, port=int(port), retry=retry, **options)
+        return CountingRedisCluster(host=host, port=int(port), retry=retry, **options)
+    if is_async:
+        return redis.asyncio.Redis(unix_socket_path=address, retry=retry, **options)
+    return CountingRedis(unix_socket_path=address, retry=retry, **options)
+
+
 def make_backend(socket: str, *, is_async: bool = False, **options: Any) -> RedisBackend:
     """A backend on a fresh client that fails at once when the server is gone.
 
-    ``socket_timeout`` among the options goes to the client; the rest to the backend.
+    ``socket`` is a unix socket path or ``cluster:host:port`` (a Redis Cluster);
+    ``socket_timeout`` among the options goes to the client, the rest to the backend.
     """
-    retry = Retry(NoBackoff(), 0)
     extra = {"socket_timeout": options.pop("socket_timeout")} if "socket_timeout" in options else {}
-    client: redis.Redis | redis.asyncio.Redis
-    if is_async:
-        client = redis.asyncio.Redis(unix_socket_path=socket, retry=retry, **extra)
-    else:
-        client = CountingRedis(unix_socket_path=socket, retry=retry, **extra)
+    client = connect(socket, is_async=is_async, **extra)
     options.setdefault("outage_cooldown", 0)
     return RedisBackend(client, **options)
 

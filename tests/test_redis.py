@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _redis_fixture import RedisServer, redis, running_server, wait_until
+from _redis_fixture import InThread, RedisServer, redis, running_server, wait_until
 from _redis_workers import (
     Boom,
     CountingRedis,
@@ -156,29 +156,6 @@ def client(redis_server: RedisServer) -> Iterator[redis.Redis]:
 def bind_sync(server: RedisServer, **options: Any) -> Any:
     backend = make_backend(server.socket, **options)
     return backend.bind(report, name="report", ttl=30.0, is_async=False)
-
-
-class InThread:
-    """Run ``fn`` in a thread of this process and keep its outcome."""
-
-    def __init__(self, fn: Callable[[], Any]) -> None:
-        self.value: Any = None
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, args=(fn,), daemon=True)
-        self.thread.start()
-
-    def _run(self, fn: Callable[[], Any]) -> None:
-        try:
-            self.value = fn()
-        except BaseException as exc:
-            self.error = exc
-
-    def join(self) -> Any:
-        self.thread.join(20)
-        assert not self.thread.is_alive(), "the call never returned"
-        if self.error is not None:
-            raise self.error
-        return self.value
 
 
 def lease_threads() -> list[threading.Thread]:
@@ -1061,10 +1038,11 @@ def test_redis_demo_names_an_unreachable_redis(redis_server: RedisServer) -> Non
 
 
 def test_docs_redis_examples_run(
-    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+    redis_server: RedisServer, redis_cluster: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """R1: every Python example of docs/redis.md runs as written against a real Redis."""
     monkeypatch.setenv("REDIS_URL", redis_server.url)
+    monkeypatch.setenv("REDIS_CLUSTER_URL", redis_cluster.url)  # R13's example
     text = (Path(__file__).resolve().parent.parent / "docs" / "redis.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)
     assert len(blocks) >= 3
