@@ -51,7 +51,7 @@ from typing import Any, Final, Literal, TypeVar, cast, final
 
 import redis
 import redis.asyncio
-from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
 from coalesce._backend import Fleet
 from coalesce._fork import at_fork
@@ -112,70 +112,138 @@ _DONE_MS: Final = 2000
 # hash tag of all those keys (R13), so each script below and a follower's BLMOVE touch
 # one slot, while different cache keys of a function spread over every shard.
 
+# Redis may hold what coalesce did not write there (a key of another type, a lease that
+# is not a token or has no expiry, a generation that is not a number): each script
+# starts with _CHECKED, whose helpers treat such a key as absent and repair it (delete
+# it, or give a lease an expiry), and every script replies {found, ...}: ``found`` says
+# what was repaired ("" if nothing), and the binding logs it. So a tampered key is a
+# miss for that key only, never an error reply that would pass for an outage.
+_CHECKED: Final = """
+local found = {}
+local function note(key, what) found[#found + 1] = key .. ' ' .. what end
+local function get(key)
+  local value = redis.pcall('GET', key)
+  if type(value) == 'table' and value.err then
+    note(key, 'held a ' .. redis.call('TYPE', key).ok .. ', not a string (deleted)')
+    redis.call('DEL', key)
+    return false
+  end
+  return value
+end
+local function lease(key, ms)
+  local token = get(key)
+  if token and (#token ~= 32 or token:find('[^0-9a-f]')) then
+    note(key, 'held no coalesce lease token (deleted)')
+    redis.call('DEL', key)
+    return false
+  end
+  if token and redis.call('PTTL', key) == -1 then
+    note(key, 'was a lease without expiry (given ' .. ms .. ' ms)')
+    redis.call('PEXPIRE', key, ms)
+  end
+  return token
+end
+local function list(key)
+  local kind = redis.call('TYPE', key).ok
+  if kind ~= 'none' and kind ~= 'list' then
+    note(key, 'held a ' .. kind .. ', not a list (deleted)')
+    redis.call('DEL', key)
+  end
+end
+local function reply(...) return {table.concat(found, '; '), ...} end
+"""
+
 # KEYS: value, lease, generation. ARGV: token, lease ms, "1" to skip the value (it
 # failed to verify, or is past its windows). Replies {1, value}, {2, generation}
 # (this caller leads) or {3, leader's token, lease ms left, generation}.
-_ACQUIRE: Final = """
+_ACQUIRE: Final = (
+    _CHECKED
+    + """
 if ARGV[3] == '0' then
-  local value = redis.call('GET', KEYS[1])
-  if value then return {1, value} end
+  local value = get(KEYS[1])
+  if value then return reply(1, value) end
 end
-local gen = redis.call('GET', KEYS[3]) or '0'
-if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2, gen} end
-return {3, redis.call('GET', KEYS[2]), redis.call('PTTL', KEYS[2]), gen}
+local gen = get(KEYS[3]) or '0'
+local token = lease(KEYS[2], ARGV[2])
+if not token then
+  redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+  return reply(2, gen)
+end
+return reply(3, token, redis.call('PTTL', KEYS[2]), gen)
 """
+)
 
 # KEYS: lease, generation, value. ARGV: token, lease ms, SHA-1 of the value the caller
 # found stale. A background refresh takes the lease or does nothing (R10: one refresh
 # in the fleet): the generation, or nil. A value other than the one found stale means
 # another refresh has landed since: nothing to do.
-_TRY_LEASE: Final = """
-local value = redis.call('GET', KEYS[3])
-if value and redis.sha1hex(value) ~= ARGV[3] then return false end
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  return redis.call('GET', KEYS[2]) or '0'
-end
-return false
+_TRY_LEASE: Final = (
+    _CHECKED
+    + """
+local value = get(KEYS[3])
+if value and redis.sha1hex(value) ~= ARGV[3] then return reply(false) end
+if lease(KEYS[1], ARGV[2]) then return reply(false) end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return reply(get(KEYS[2]) or '0')
 """
+)
 
 # KEYS: value, lease, done list, generation. ARGV: token, outcome, done-list ms, value
 # ms (0: do not store the outcome), the generation read when the execution began.
 # Stores only if no invalidate() came since (R11); releases the lease only if ARGV[1]
-# still holds it. Returns 1 if it stored.
-_FINISH: Final = """
+# still holds it. Replies {stored, held}: 1 if it stored, 1 if it still held the lease.
+_FINISH: Final = (
+    _CHECKED
+    + """
 local stored = 0
-if ARGV[4] ~= '0' and (redis.call('GET', KEYS[4]) or '0') == ARGV[5] then
+if ARGV[4] ~= '0' and (get(KEYS[4]) or '0') == ARGV[5] then
   redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[4])
   stored = 1
 end
+list(KEYS[3])
 redis.call('RPUSH', KEYS[3], ARGV[2])
 redis.call('PEXPIRE', KEYS[3], ARGV[3])
-if redis.call('GET', KEYS[2]) == ARGV[1] then
+local held = 0
+if get(KEYS[2]) == ARGV[1] then
   redis.call('DEL', KEYS[2])
+  held = 1
 end
-return stored
+return reply(stored, held)
 """
+)
 
 # KEYS: value, generation. ARGV: payload, value ms, generation read at the start. A
 # value computed outside any lease (after wait_timeout), stored unless invalidated.
-_PUT: Final = """
-if (redis.call('GET', KEYS[2]) or '0') == ARGV[3] then
+_PUT: Final = (
+    _CHECKED
+    + """
+if (get(KEYS[2]) or '0') == ARGV[3] then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
+  return reply(1)
 end
-return 0
+return reply(0)
 """
+)
 
 # KEYS: value, lease, generation. ARGV: generation ms. invalidate() (R11): the value
 # and the lease go, and the generation steps, so no execution that began before
-# stores. Returns 1 if a value was there.
-_DROP: Final = """
+# stores. Replies 1 if a value was there. A generation that is not a number starts
+# again at 1 (no execution read 1 from it).
+_DROP: Final = (
+    _CHECKED
+    + """
 local had = redis.call('DEL', KEYS[1])
 redis.call('DEL', KEYS[2])
-redis.call('INCR', KEYS[3])
+get(KEYS[3])
+local stepped = redis.pcall('INCR', KEYS[3])
+if type(stepped) == 'table' and stepped.err then
+  note(KEYS[3], 'held no generation number (set to 1)')
+  redis.call('SET', KEYS[3], '1')
+end
 redis.call('PEXPIRE', KEYS[3], ARGV[1])
-return had
+return reply(had)
 """
+)
 
 # How long a key's generation outlives its last invalidate(): longer than any
 # execution that could still try to store under the old one.
@@ -197,12 +265,15 @@ def _drop_commands(pipe: Any, keys: tuple[str, str, str]) -> None:
 
 
 # KEYS: lease. ARGV: token, lease ms. Extends the lease only if ARGV[1] still holds it.
-_EXTEND: Final = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+_EXTEND: Final = (
+    _CHECKED
+    + """
+if get(KEYS[1]) == ARGV[1] then
+  return reply(redis.call('PEXPIRE', KEYS[1], ARGV[2]))
 end
-return 0
+return reply(0)
 """
+)
 
 
 # ------------------------------------------------------------------ steps of the protocol
@@ -319,6 +390,7 @@ class _Store:
 
 
 _Step = _Acquire | _TryLease | _Spawn | _Block | _Discard | _Run | _Finish | _Store
+_Command = _Acquire | _TryLease | _Block | _Discard | _Finish | _Store  # one round trip
 
 # What a value read from Redis is for this process's clock (R10): the same verdict in
 # every process, since the store time and ttl travel with the value.
@@ -331,13 +403,15 @@ _NONE: Final[Any] = object()  # no old value to fall back on
 
 
 class _Ran:
-    """What a ``_Run`` step sends back: the value, or the ``Exception`` it raised."""
+    """What a ``_Run`` step sends back: the value, or the ``Exception`` it raised, and
+    whether the lease's renewal found the lease lost meanwhile (it logged that)."""
 
-    __slots__ = ("error", "value")
+    __slots__ = ("error", "lost", "value")
 
-    def __init__(self, value: Any, error: Exception | None) -> None:
+    def __init__(self, value: Any, error: Exception | None, lost: bool = False) -> None:
         self.value = value
         self.error = error
+        self.lost = lost
 
 
 # --------------------------------------------------------------------------- the backend
@@ -574,7 +648,20 @@ class RedisBackend:
         return not self._down or self._raise or time.monotonic() >= self._retry_at
 
     def _failed(self, exc: Exception, label: str, *, may_raise: bool = True) -> None:
-        """Note a Redis error: log the first of an outage, or raise it if asked to."""
+        """Note a Redis error: log the first of an outage, or raise it if asked to.
+
+        An error reply about one key's content (``WRONGTYPE``: a key coalesce did not
+        write) is no outage: it is logged, and only that call runs in this process.
+        """
+        if _about_one_key(exc):
+            _log.warning(
+                "coalesce: Redis refused a command on a key of %s (%s: %s); this call "
+                "runs in this process, other keys are unaffected",
+                label,
+                type(exc).__name__,
+                exc,
+            )
+            return
         with self._lock:
             first = not self._down
             self._down = True
@@ -602,6 +689,13 @@ class RedisBackend:
                 _log.info("coalesce: Redis answers again; calls are shared through it")
 
 
+def _about_one_key(exc: Exception) -> bool:
+    """Whether ``exc`` is an error reply about one key's content, not Redis failing."""
+    return isinstance(exc, ResponseError) and (
+        "WRONGTYPE" in str(exc) or "not an integer" in str(exc)
+    )
+
+
 # --------------------------------------------------------------------------- the protocol
 
 
@@ -609,11 +703,17 @@ class _Binding:
     """One decorated function's view of the backend: key names, payloads, the protocol."""
 
     __slots__ = (
+        "_acquire",
+        "_drop",
+        "_extend",
+        "_finish",
         "_head",
+        "_put",
         "_raised",
         "_refreshing",
         "_tail",
         "_tick",
+        "_try",
         "backend",
         "codec",
         "fleet",
@@ -643,6 +743,13 @@ class _Binding:
         self._raised: dict[str, tuple[bytes, BaseException, TracebackType | None]] = {}
         # Keys whose background refresh this process is running (at most one each).
         self._refreshing: set[str] = set()
+        client = backend.client
+        self._acquire: Callable[..., Any] = client.register_script(_ACQUIRE)
+        self._finish: Callable[..., Any] = client.register_script(_FINISH)
+        self._extend: Callable[..., Any] = client.register_script(_EXTEND)
+        self._try: Callable[..., Any] = client.register_script(_TRY_LEASE)
+        self._put: Callable[..., Any] = client.register_script(_PUT)
+        self._drop: Callable[..., Any] = client.register_script(_DROP)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.backend.prefix}:{self.name} ttl={self.ttl}>"
@@ -922,9 +1029,11 @@ class _Binding:
             sealed = self._seal(vkey, ERROR, body)
             store_ms = max(1, math.ceil(self.fleet.error_ttl * 1000)) if keep else 0
             try:
-                yield _Finish(vkey, lkey, token, sealed, store_ms=store_ms, gen=gen)
+                finished = yield _Finish(vkey, lkey, token, sealed, store_ms=store_ms, gen=gen)
             except _FAILURES as exc:
                 backend._failed(exc, self.name, may_raise=False)
+            else:
+                self._check_held(finished, ran)
             if rescue is not _NONE:
                 self._rescued(error)
                 return rescue
@@ -960,9 +1069,11 @@ class _Binding:
                 backend._failed(redis_exc, self.name, may_raise=False)
             return value
         try:
-            yield _Finish(vkey, lkey, token, payload, store_ms=store_ms, gen=gen)
+            finished = yield _Finish(vkey, lkey, token, payload, store_ms=store_ms, gen=gen)
         except _FAILURES as exc:
             backend._failed(exc, self.name)
+        else:
+            self._check_held(finished, ran)
         return value
 
     def _local(self, vkey: str, lkey: str, gen: bytes | None) -> Generator[_Step, Any, Any]:
@@ -988,19 +1099,54 @@ class _Binding:
     def _lease_ms(self) -> int:
         return max(1, math.ceil(self.backend.lease_ttl * 1000))
 
-    def _finish_args(self, step: _Finish) -> tuple[tuple[str, ...], tuple[Any, ...]]:
-        return (
-            step.value_key,
-            step.lease_key,
-            step.done_key,
-            f"{step.value_key}:gen",
-        ), (
-            step.token,
-            step.outcome,
-            min(self._lease_ms(), _DONE_MS),
-            step.store_ms,
-            step.gen,
-        )
+    def _request(
+        self, step: _Command
+    ) -> tuple[Callable[..., Any] | None, tuple[Any, ...], tuple[Any, ...]]:
+        """What a driver sends for ``step``: ``(script, keys, args)``, or
+        ``(None, command, ())`` for a plain command."""
+        vkey = step.value_key if not isinstance(step, (_Block, _Discard)) else ""
+        keys: tuple[str, ...]
+        if isinstance(step, _Acquire):
+            keys = (vkey, step.lease_key, f"{vkey}:gen")
+            return self._acquire, keys, (step.token, self._lease_ms(), int(step.skip_value))
+        if isinstance(step, _Block):
+            done = step.done_key
+            return None, ("BLMOVE", done, done, "RIGHT", "LEFT", step.timeout), ()
+        if isinstance(step, _Finish):
+            keys = (vkey, step.lease_key, step.done_key, f"{vkey}:gen")
+            args = (
+                step.token,
+                step.outcome,
+                min(self._lease_ms(), _DONE_MS),
+                step.store_ms,
+                step.gen,
+            )
+            return self._finish, keys, args
+        if isinstance(step, _Discard):
+            return None, ("LREM", step.done_key, 1, step.item), ()
+        if isinstance(step, _TryLease):
+            keys = (step.lease_key, f"{vkey}:gen", vkey)
+            return self._try, keys, (step.token, self._lease_ms(), step.found)
+        return self._put, (vkey, f"{vkey}:gen"), (step.payload, step.store_ms, step.gen)
+
+    def _answer(self, step: _Command, reply: Any) -> Any:
+        """A script's reply for ``step``: the list after ``found`` for ``_Acquire`` and
+        ``_Finish``, else its one value."""
+        rest = self._checked(reply)
+        return rest if isinstance(step, (_Acquire, _Finish)) else rest[0]
+
+    def _checked(self, reply: Any) -> list[Any]:
+        """A script's reply without its first element, ``found``, logged if not empty:
+        what the script repaired (see ``_CHECKED``)."""
+        found = bytes(reply[0])
+        if found:
+            _log.warning(
+                "coalesce: Redis held keys of %s that coalesce did not write there: %s; "
+                "treated as a miss for that key and repaired",
+                self.name,
+                found.decode("utf-8", "backslashreplace"),
+            )
+        return list(reply[1:])
 
     def _drop_keys(self, vkey: str) -> tuple[str, str, str]:
         return vkey, f"{vkey}:lease", f"{vkey}:gen"
@@ -1017,13 +1163,20 @@ class _Binding:
         self._refreshing.discard(step.value_key)
         self.tally.settled()
 
-    def _lost_lease(self) -> None:
+    def _lost_lease(self, when: str = "while running") -> None:
         _log.warning(
-            "coalesce: %s lost its lease while running (a pause longer than lease_ttl=%ss?); "
+            "coalesce: %s lost its lease %s (a pause longer than lease_ttl=%ss?); "
             "another process may run it at the same time",
             self.name,
+            when,
             self.backend.lease_ttl,
         )
+
+    def _check_held(self, finished: list[Any], ran: _Ran) -> None:
+        """Log a lease the final store found lost (``FINISH`` replies ``[stored, held]``),
+        unless its renewal already did."""
+        if not int(finished[1]) and not ran.lost:
+            self._lost_lease("before storing its outcome (another token or none held it)")
 
 
 class _NoTally:
@@ -1065,13 +1218,7 @@ class _SyncBinding(_Binding):
     """The driver for ``def`` functions and ``redis.Redis``."""
 
     __slots__ = (
-        "_acquire",
-        "_drop",
         "_execute",
-        "_extend",
-        "_finish",
-        "_put",
-        "_try",
         "client",
     )
 
@@ -1084,12 +1231,6 @@ class _SyncBinding(_Binding):
         # redis-py types BLMOVE's timeout as int and LREM's value as str; Redis takes
         # seconds with decimals and any bytes.
         self._execute: Callable[..., Any] = client.execute_command
-        self._acquire = client.register_script(_ACQUIRE)
-        self._finish = client.register_script(_FINISH)
-        self._extend = client.register_script(_EXTEND)
-        self._try = client.register_script(_TRY_LEASE)
-        self._put = client.register_script(_PUT)
-        self._drop = client.register_script(_DROP)
 
     def call(self, key: Hashable, compute: Callable[[], R]) -> R:
         """The value for ``key``: from Redis, from a leader elsewhere, or computed here."""
@@ -1138,55 +1279,42 @@ class _SyncBinding(_Binding):
             except Exception as exc:
                 return _Ran(None, exc)
         stop = threading.Event()
+        lost = threading.Event()
         renewer = threading.Thread(
             target=self._renew,
-            args=(step.lease_key, step.token, stop),
+            args=(step.lease_key, step.token, stop, lost),
             name=f"coalesce-lease:{self.name}",
             daemon=True,
         )
         renewer.start()
         try:
-            return _Ran(compute(), None)
+            return _Ran(compute(), None, lost.is_set())
         except Exception as exc:
-            return _Ran(None, exc)
+            return _Ran(None, exc, lost.is_set())
         finally:
             stop.set()
 
-    def _command(self, step: _Acquire | _TryLease | _Block | _Discard | _Finish | _Store) -> Any:
-        if isinstance(step, _Acquire):
-            return self._acquire(
-                keys=(step.value_key, step.lease_key, f"{step.value_key}:gen"),
-                args=(step.token, self._lease_ms(), "1" if step.skip_value else "0"),
-            )
-        if isinstance(step, _Block):
-            return self._execute(
-                "BLMOVE", step.done_key, step.done_key, "RIGHT", "LEFT", step.timeout
-            )
-        if isinstance(step, _Finish):
-            keys, args = self._finish_args(step)
-            return self._finish(keys=keys, args=args)
-        if isinstance(step, _Discard):
-            return self._execute("LREM", step.done_key, 1, step.item)
-        if isinstance(step, _TryLease):
-            return self._try(
-                keys=(step.lease_key, f"{step.value_key}:gen", step.value_key),
-                args=(step.token, self._lease_ms(), step.found),
-            )
-        return self._put(
-            keys=(step.value_key, f"{step.value_key}:gen"),
-            args=(step.payload, step.store_ms, step.gen),
-        )
+    def _command(self, step: _Command) -> Any:
+        script, keys, args = self._request(step)
+        if script is None:
+            return self._execute(*keys)
+        return self._answer(step, script(keys=keys, args=args))
 
-    def _renew(self, lease_key: str, token: str, stop: threading.Event) -> None:
+    def _renew(
+        self, lease_key: str, token: str, stop: threading.Event, lost: threading.Event
+    ) -> None:
         interval = self.backend.lease_ttl / 3
         while not stop.wait(interval):
             try:
-                held = self._extend(keys=(lease_key,), args=(token, self._lease_ms()))
+                held = self._checked(
+                    self._extend(keys=(lease_key,), args=(token, self._lease_ms()))
+                )[0]
             except _FAILURES as exc:
                 self.backend._failed(exc, self.name, may_raise=False)
                 continue
             if not held:
                 if not stop.is_set():
+                    lost.set()
                     self._lost_lease()
                 return
 
@@ -1194,7 +1322,7 @@ class _SyncBinding(_Binding):
         """Delete the value and the lease of ``key`` in Redis (R11); ``True`` if a value was."""
         vkey = self.redis_key(key)
         try:
-            return bool(self._drop(keys=self._drop_keys(vkey), args=(_GEN_MS,)))
+            return bool(self._checked(self._drop(keys=self._drop_keys(vkey), args=(_GEN_MS,)))[0])
         except _FAILURES as exc:
             self.backend._failed(exc, self.name)
             return False
@@ -1222,7 +1350,10 @@ class _SyncBinding(_Binding):
                 _drop_commands(pipe, self._drop_keys(vkey))
             else:
                 self._drop(keys=self._drop_keys(vkey), args=(_GEN_MS,), client=pipe)
-        pipe.execute()
+        replies = pipe.execute()
+        if not self.backend.is_cluster:  # the scripts' replies, with what they repaired
+            for reply in replies:
+                self._checked(reply)
         batch.clear()
 
 
@@ -1231,14 +1362,8 @@ class _AsyncBinding(_Binding):
     """The driver for ``async def`` functions and ``redis.asyncio.Redis``."""
 
     __slots__ = (
-        "_acquire",
-        "_drop",
         "_execute",
-        "_extend",
-        "_finish",
-        "_put",
         "_tasks",
-        "_try",
         "client",
     )
 
@@ -1249,12 +1374,6 @@ class _AsyncBinding(_Binding):
         client = cast(redis.asyncio.Redis, backend.client)
         self.client = client
         self._execute = cast(Callable[..., Awaitable[Any]], client.execute_command)
-        self._acquire = client.register_script(_ACQUIRE)
-        self._finish = client.register_script(_FINISH)
-        self._extend = client.register_script(_EXTEND)
-        self._try = client.register_script(_TRY_LEASE)
-        self._put = client.register_script(_PUT)
-        self._drop = client.register_script(_DROP)
         self._tasks: set[asyncio.Task[None]] = set()  # background refreshes, kept alive
 
     async def acall(self, key: Hashable, compute: Callable[[], Awaitable[R]]) -> R:
@@ -1319,57 +1438,45 @@ class _AsyncBinding(_Binding):
             self._renew(step.lease_key, step.token), name=f"coalesce-lease:{self.name}"
         )
         try:
-            return _Ran(await compute(), None)
+            value = await compute()
         except Exception as exc:
-            return _Ran(None, exc)
+            return _Ran(None, exc, self._renewer_lost(renewer))
         finally:
             renewer.cancel()
+        return _Ran(value, None, self._renewer_lost(renewer))
 
-    async def _command(
-        self, step: _Acquire | _TryLease | _Block | _Discard | _Finish | _Store
-    ) -> Any:
-        if isinstance(step, _Acquire):
-            return await self._acquire(
-                keys=(step.value_key, step.lease_key, f"{step.value_key}:gen"),
-                args=(step.token, self._lease_ms(), "1" if step.skip_value else "0"),
-            )
-        if isinstance(step, _Block):
-            return await self._execute(
-                "BLMOVE", step.done_key, step.done_key, "RIGHT", "LEFT", step.timeout
-            )
-        if isinstance(step, _Finish):
-            keys, args = self._finish_args(step)
-            return await self._finish(keys=keys, args=args)
-        if isinstance(step, _Discard):
-            return await self._execute("LREM", step.done_key, 1, step.item)
-        if isinstance(step, _TryLease):
-            return await self._try(
-                keys=(step.lease_key, f"{step.value_key}:gen", step.value_key),
-                args=(step.token, self._lease_ms(), step.found),
-            )
-        return await self._put(
-            keys=(step.value_key, f"{step.value_key}:gen"),
-            args=(step.payload, step.store_ms, step.gen),
-        )
+    @staticmethod
+    def _renewer_lost(renewer: asyncio.Task[bool]) -> bool:
+        """Whether the renewal ended because the lease was lost (it logged that)."""
+        return renewer.done() and not renewer.cancelled() and renewer.result()
 
-    async def _renew(self, lease_key: str, token: str) -> None:
+    async def _command(self, step: _Command) -> Any:
+        script, keys, args = self._request(step)
+        if script is None:
+            return await self._execute(*keys)
+        return self._answer(step, await script(keys=keys, args=args))
+
+    async def _renew(self, lease_key: str, token: str) -> bool:
         interval = self.backend.lease_ttl / 3
         while True:
             await asyncio.sleep(interval)
             try:
-                held = await self._extend(keys=(lease_key,), args=(token, self._lease_ms()))
+                held = self._checked(
+                    await self._extend(keys=(lease_key,), args=(token, self._lease_ms()))
+                )[0]
             except _FAILURES as exc:
                 self.backend._failed(exc, self.name, may_raise=False)
                 continue
             if not held:
                 self._lost_lease()
-                return
+                return True
 
     async def ainvalidate(self, key: Hashable) -> bool:
         """Delete the value and the lease of ``key`` in Redis (R11); ``True`` if a value was."""
         vkey = self.redis_key(key)
         try:
-            return bool(await self._drop(keys=self._drop_keys(vkey), args=(_GEN_MS,)))
+            reply = await self._drop(keys=self._drop_keys(vkey), args=(_GEN_MS,))
+            return bool(self._checked(reply)[0])
         except _FAILURES as exc:
             self.backend._failed(exc, self.name)
             return False
@@ -1397,5 +1504,8 @@ class _AsyncBinding(_Binding):
                 _drop_commands(pipe, self._drop_keys(vkey))
             else:
                 await self._drop(keys=self._drop_keys(vkey), args=(_GEN_MS,), client=pipe)
-        await pipe.execute()
+        replies = await pipe.execute()
+        if not self.backend.is_cluster:  # the scripts' replies, with what they repaired
+            for reply in replies:
+                self._checked(reply)
         batch.clear()
