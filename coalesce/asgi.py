@@ -26,8 +26,9 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Hashable, MutableMapping
 from typing import Any, Final, TypeAlias
 
+from ._errors import RemoteError
 from ._flight import AsyncGroup, Stats
-from ._http import CREDENTIALS, Middleware, Reply, judge
+from ._http import CREDENTIALS, OWN_CALL, Middleware, NotShared, Reply, Verdict, own_call_error
 
 __all__ = ("CoalesceMiddleware",)
 
@@ -66,6 +67,11 @@ class CoalesceMiddleware(Middleware[ASGIApp, Scope, _Head]):
     :param maxsize: how many responses the micro-cache keeps at most.
     :param key: ``key(scope)`` returns something hashable that joins the key, or
         ``None`` to let that request pass straight through.
+    :param stale: seconds a kept response stays usable past its lifetime: it is served
+        at once while one background downstream call refreshes it (H7); needs ``ttl=``.
+    :param backend: a :class:`coalesce.redis.RedisBackend` with a
+        ``redis.asyncio.Redis`` client: identical requests in every worker process
+        sharing that Redis run the app once, and the micro-cache lives there (H6).
 
     Only ``http`` scopes coalesce; ``lifespan`` and ``websocket`` pass straight through.
     """
@@ -74,6 +80,7 @@ class CoalesceMiddleware(Middleware[ASGIApp, Scope, _Head]):
 
     _OWNER = "coalesce.asgi.CoalesceMiddleware"
     _WRAPS = "an ASGI app"
+    _ASYNC = True
     __signature__ = Middleware._signature(app="ASGIApp", request="Scope")
 
     def _setup(self) -> Stats:
@@ -140,7 +147,9 @@ class CoalesceMiddleware(Middleware[ASGIApp, Scope, _Head]):
         client.listener = asyncio.create_task(_listen(client))
         try:
             outcome, _ = await self._group.do_shared(key, self._execute, key, client)
-            if isinstance(outcome, _Overflow):
+            if outcome is OWN_CALL:
+                await self._call_own(client)
+            elif isinstance(outcome, _Overflow):
                 if outcome.leader is client:
                     await _stream_to(client, outcome.stream)
                 else:
@@ -168,21 +177,82 @@ class CoalesceMiddleware(Middleware[ASGIApp, Scope, _Head]):
 
     # ------------------------------------------------- the shared execution
 
-    async def _execute(self, key: Hashable, client: _Client) -> _Reply | _Overflow:
-        """The flight's function: run the app for the leader's request, settle a reply."""
-        exchange = _Exchange(client, self._options.max_body)
+    async def _execute(self, key: Hashable, client: _Client) -> _Reply | _Overflow | Any:
+        """The flight's function: run the app for the leader's request, settle a reply.
+
+        With ``backend=`` the call goes through the backend's flight (H6): the app runs
+        here only if no process has the response or is making it; what it returns
+        travels in wire form, and a response that may not be shared never leaves this
+        process (other processes are told to make their own calls).
+        """
+        binding = self._binding
+        if binding is None:
+            outcome = await self._exchange(client)
+            if isinstance(outcome, Reply):
+                self._keep(key, outcome)
+            return outcome
+        made: list[_Reply | _Overflow] = []
+        answered = False
+
+        async def compute() -> str:
+            # After the call has answered, the backend runs this to refresh a stale
+            # response (H7): apart from any client.
+            leader = _detached(client.scope) if answered else client
+            outcome = await self._exchange(leader)
+            if leader is client:
+                made.append(outcome)
+            return self._publish(key, outcome)
+
+        try:
+            value = await binding.acall(key, compute)
+        except NotShared:
+            if not made:
+                raise
+            return made[0]
+        except RemoteError as exc:
+            if own_call_error(exc):
+                return OWN_CALL
+            raise
+        finally:
+            answered = True
+        return made[0] if made else self._received(value)
+
+    async def _exchange(self, leader: _Client) -> _Reply | _Overflow:
+        """Run the app once for ``leader``'s request, in a task of its own (H4)."""
+        exchange = _Exchange(leader, self._options.max_body, self._judge)
         runner = asyncio.create_task(exchange.run(self.app))
         self._tasks.add(runner)
         runner.add_done_callback(self._tasks.discard)
         exchange.runner = runner
         try:
-            outcome = await exchange.settled
+            return await exchange.settled
         except asyncio.CancelledError:
             exchange.stop()  # every client has gone (S7): stop the downstream call
             raise
-        if isinstance(outcome, Reply):
-            self._keep(key, outcome)
-        return outcome
+
+    def _refresh(self, key: Hashable, scope: Scope) -> None:
+        if key in self._group:
+            return  # a call for this key is running: it refreshes the response
+        task = asyncio.get_running_loop().create_task(self._background(key, scope))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _background(self, key: Hashable, scope: Scope) -> None:
+        try:
+            await self._group.do(key, self._execute, key, _detached(scope))
+        except Exception:
+            _log.warning(
+                "background refresh of a stale response failed; it is served until "
+                "its stale= window ends",
+                exc_info=True,
+            )
+
+    def _head_out(self, head: _Head) -> tuple[int | str, list[tuple[str, str]]]:
+        status, headers = head
+        return status, [(n.decode("latin-1"), v.decode("latin-1")) for n, v in headers]
+
+    def _head_in(self, status: int | str, headers: list[tuple[str, str]]) -> _Head:
+        return int(status), tuple((n.encode("latin-1"), v.encode("latin-1")) for n, v in headers)
 
 
 _CREDENTIAL_BYTES: Final = tuple(name.encode("latin-1") for name in CREDENTIALS)
@@ -201,8 +271,25 @@ def _header_reader(scope: Scope) -> Callable[[str], object]:
 
 async def _send_reply(send: Send, reply: _Reply) -> None:
     status, headers = reply.head
-    await send({"type": "http.response.start", "status": status, "headers": list(headers)})
+    listed = list(headers)
+    upstream = next((v for n, v in listed if n.lower() == b"age"), None)
+    age = reply.age(None if upstream is None else upstream.decode("latin-1"))
+    if age is not None:  # served from the micro-cache (H8)
+        listed = [(n, v) for n, v in listed if n.lower() != b"age"]
+        listed.append((b"age", age.encode("latin-1")))
+    await send({"type": "http.response.start", "status": status, "headers": listed})
     await send({"type": "http.response.body", "body": reply.body, "more_body": False})
+
+
+async def _never(*_: Any) -> Any:
+    raise RuntimeError("a background refresh has no client to receive from or send to")
+
+
+def _detached(scope: Scope) -> _Client:
+    """A leader for a downstream call that runs apart from any client (H7)."""
+    leader = _Client(scope, _never, _never)
+    leader.gone = True  # nobody to stream an oversized response to
+    return leader
 
 
 class _Client:
@@ -371,6 +458,7 @@ class _Exchange:
         "_given",
         "_hangup",
         "_head",
+        "_judge",
         "_leader",
         "_max_body",
         "_size",
@@ -380,9 +468,12 @@ class _Exchange:
         "settled",
     )
 
-    def __init__(self, leader: _Client, max_body: int) -> None:
+    def __init__(
+        self, leader: _Client, max_body: int, judge: Callable[[int, Any], Verdict]
+    ) -> None:
         self._leader = leader
         self._max_body = max_body
+        self._judge = judge
         self.settled: asyncio.Future[_Reply | _Overflow] = (
             asyncio.get_running_loop().create_future()
         )
@@ -494,7 +585,9 @@ class _Exchange:
         head = self._head
         assert head is not None
         status, headers = head
-        verdict = judge(status, ((n.decode("latin-1"), v.decode("latin-1")) for n, v in headers))
+        verdict = self._judge(
+            status, ((n.decode("latin-1"), v.decode("latin-1")) for n, v in headers)
+        )
         header = _header_reader(self._leader.scope)
         varied = tuple((name, header(name)) for name in sorted(verdict.vary))
         self._final = True

@@ -21,12 +21,16 @@ finishes the downstream call and the waiting clients still get its response (H4)
 
 from __future__ import annotations
 
+import io
+import logging
+import threading
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from types import TracebackType
 from typing import Any, Final, Protocol, TypeAlias
 
+from ._errors import RemoteError
 from ._flight import Group, Stats
-from ._http import CREDENTIALS, Middleware, Reply, judge
+from ._http import CREDENTIALS, OWN_CALL, Middleware, NotShared, Reply, Verdict, own_call_error
 
 __all__ = ("CoalesceMiddleware",)
 
@@ -48,6 +52,8 @@ class StartResponse(Protocol):
 
 
 WSGIApp: TypeAlias = Callable[[Environ, StartResponse], Iterable[bytes]]
+
+_log = logging.getLogger("coalesce.wsgi")
 
 _Head: TypeAlias = tuple[str, tuple[tuple[str, str], ...]]
 _Reply: TypeAlias = Reply[_Head]
@@ -81,6 +87,12 @@ class CoalesceMiddleware(Middleware[WSGIApp, Environ, _Head]):
     :param maxsize: how many responses the micro-cache keeps at most.
     :param key: ``key(environ)`` returns something hashable that joins the key, or
         ``None`` to let that request pass straight through.
+    :param stale: seconds a kept response stays usable past its lifetime: it is served
+        at once while one background downstream call (in a thread of its own)
+        refreshes it (H7); needs ``ttl=``.
+    :param backend: a :class:`coalesce.redis.RedisBackend` with a ``redis.Redis``
+        client: identical requests in every worker process sharing that Redis run the
+        app once, and the micro-cache lives there (H6).
 
     Needs a threaded server (waitress, gunicorn with threads, ...): the clients of one
     key wait in their own threads while the first one's thread runs the app.
@@ -90,6 +102,7 @@ class CoalesceMiddleware(Middleware[WSGIApp, Environ, _Head]):
 
     _OWNER = "coalesce.wsgi.CoalesceMiddleware"
     _WRAPS = "a WSGI app"
+    _ASYNC = False
     __signature__ = Middleware._signature(app="WSGIApp", request="Environ")
 
     def _setup(self) -> Stats:
@@ -106,6 +119,8 @@ class CoalesceMiddleware(Middleware[WSGIApp, Environ, _Head]):
             return _give(hit, start_response)
         client = _Client(environ, start_response)
         outcome, _ = self._group.do_shared(key, self._execute, key, client)
+        if outcome is OWN_CALL:
+            return self.app(environ, start_response)
         if isinstance(outcome, _Overflow):
             if outcome.leader is client:
                 if not outcome.started:
@@ -142,13 +157,53 @@ class CoalesceMiddleware(Middleware[WSGIApp, Environ, _Head]):
     def _reader(self, environ: Environ) -> Callable[[str], object]:
         return _header_reader(environ)
 
-    def _execute(self, key: Hashable, client: _Client) -> _Reply | _Overflow:
+    def _execute(self, key: Hashable, client: _Client) -> _Reply | _Overflow | Any:
         """The flight's function: run the app for the leader's request, settle a reply.
 
         It runs in the leader's own thread (a waiter that takes over after an abort,
-        S8, runs it with its own request and so becomes the leader).
+        S8, runs it with its own request and so becomes the leader). With
+        ``backend=`` the call goes through the backend's flight (H6): the app runs here
+        only if no process has the response or is making it; a response that may not
+        be shared never leaves this process.
         """
-        capture = _Capture(client, self._options.max_body)
+        binding = self._binding
+        if binding is None:
+            outcome = self._call(client)
+            if isinstance(outcome, Reply):
+                self._keep(key, outcome)
+            return outcome
+        made: list[_Reply | _Overflow] = []
+        answered = False
+
+        def compute() -> str:
+            # After the call has answered, the backend runs this in a thread of its
+            # own to refresh a stale response (H7): apart from any client.
+            if answered:
+                outcome = self._call(_detached(client.environ))
+                if isinstance(outcome, _Overflow):
+                    outcome.body.close()
+            else:
+                outcome = self._call(client)
+                made.append(outcome)
+            return self._publish(key, outcome)
+
+        try:
+            value = binding.call(key, compute)
+        except NotShared:
+            if not made:
+                raise
+            return made[0]
+        except RemoteError as exc:
+            if own_call_error(exc):
+                return OWN_CALL
+            raise
+        finally:
+            answered = True
+        return made[0] if made else self._received(value)
+
+    def _call(self, client: _Client) -> _Reply | _Overflow:
+        """Run the app once for ``client``'s request and buffer its response."""
+        capture = _Capture(client, self._options.max_body, self._judge)
         # A file wrapper hands the server a file to send its own way; the shared
         # call must give plain bytes it can buffer.
         environ = {k: v for k, v in client.environ.items() if k != "wsgi.file_wrapper"}
@@ -168,9 +223,51 @@ class CoalesceMiddleware(Middleware[WSGIApp, Environ, _Head]):
         finally:
             if not handed_off:
                 _close(result)
-        reply = capture.reply()
-        self._keep(key, reply)
-        return reply
+        return capture.reply()
+
+    def _refresh(self, key: Hashable, environ: Environ) -> None:
+        if key in self._group:
+            return  # a call for this key is running: it refreshes the response
+        threading.Thread(
+            target=self._background,
+            args=(key, _detached(environ)),
+            name="coalesce-wsgi-refresh",
+            daemon=True,
+        ).start()
+
+    def _background(self, key: Hashable, leader: _Client) -> None:
+        try:
+            outcome = self._group.do(key, self._execute, key, leader)
+        except Exception:
+            _log.warning(
+                "background refresh of a stale response failed; it is served until "
+                "its stale= window ends",
+                exc_info=True,
+            )
+            return
+        if isinstance(outcome, _Overflow) and outcome.leader is leader:
+            outcome.body.close()
+
+    def _head_out(self, head: _Head) -> tuple[int | str, list[tuple[str, str]]]:
+        status, headers = head
+        return status, list(headers)
+
+    def _head_in(self, status: int | str, headers: list[tuple[str, str]]) -> _Head:
+        return str(status), tuple(headers)
+
+
+def _no_start_response(
+    status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None, /
+) -> Write:
+    raise RuntimeError("a background refresh has no client to respond to")
+
+
+def _detached(environ: Environ) -> _Client:
+    """A leader for a downstream call that runs apart from any client (H7): a copy of
+    a request's environ with an empty body."""
+    copy = dict(environ)
+    copy["wsgi.input"] = io.BytesIO(b"")
+    return _Client(copy, _no_start_response)
 
 
 def _header_reader(environ: Environ) -> Callable[[str], object]:
@@ -180,7 +277,13 @@ def _header_reader(environ: Environ) -> Callable[[str], object]:
 
 def _give(reply: _Reply, start_response: StartResponse) -> list[bytes]:
     status, headers = reply.head
-    start_response(status, list(headers))
+    listed = list(headers)
+    upstream = next((v for n, v in listed if n.lower() == "age"), None)
+    age = reply.age(upstream)
+    if age is not None:  # served from the micro-cache (H8)
+        listed = [(n, v) for n, v in listed if n.lower() != "age"]
+        listed.append(("Age", age))
+    start_response(status, listed)
     return [reply.body]
 
 
@@ -236,11 +339,14 @@ class _Capture:
     """``start_response`` and ``write()`` for the shared call: keep the head, buffer
     the body up to ``max_body``; past it, stream to the leader's own client."""
 
-    __slots__ = ("_body", "_client", "_max_body", "_size", "_write", "head", "sent")
+    __slots__ = ("_body", "_client", "_judge", "_max_body", "_size", "_write", "head", "sent")
 
-    def __init__(self, client: _Client, max_body: int) -> None:
+    def __init__(
+        self, client: _Client, max_body: int, judge: Callable[[int, Any], Verdict]
+    ) -> None:
         self._client = client
         self._max_body = max_body
+        self._judge = judge
         self.head: _Head | None = None
         self.sent = False  # body bytes have been produced: the head is final
         self._body: list[bytes] = []
@@ -312,7 +418,7 @@ class _Capture:
         head = self.head
         assert head is not None
         status, headers = head
-        verdict = judge(int(status[:3]), headers)
+        verdict = self._judge(int(status[:3]), headers)
         header = _header_reader(self._client.environ)
         varied = tuple((name, header(name)) for name in sorted(verdict.vary))
         return Reply(self._client, head, b"".join(self._body), verdict, varied)

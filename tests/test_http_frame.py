@@ -39,7 +39,7 @@ pytestmark = pytest.mark.timeout(60)
 
 N = 5
 PROTOCOLS = ("asgi", "wsgi")
-OPTIONS = ("methods", "vary", "private", "max_body", "ttl", "maxsize", "key")
+OPTIONS = ("methods", "vary", "private", "max_body", "ttl", "maxsize", "key", "stale", "backend")
 
 
 class Site:
@@ -137,6 +137,8 @@ def test_h1_signatures_name_every_option_with_the_protocols_types(
         "ttl": None,
         "maxsize": 1024,
         "key": None,
+        "stale": None,
+        "backend": None,
     }
 
 
@@ -152,7 +154,8 @@ def test_h1_repr_and_errors_name_the_protocols_class(middleware: type[Any]) -> N
     built = middleware(app, vary=("X-A",), ttl=2)
     assert repr(built) == (
         f"CoalesceMiddleware(app={app!r}, methods=('GET', 'HEAD'), vary=('x-a',), "
-        "private=False, max_body=1048576, ttl=2.0, maxsize=1024, key=None)"
+        "private=False, max_body=1048576, ttl=2.0, maxsize=1024, key=None, stale=None, "
+        "backend=None)"
     )
     with pytest.raises(TypeError, match=rf"^{owner} wraps an? {protocol} app, not str$"):
         middleware("not an app")
