@@ -75,6 +75,7 @@ class _Json:
     __slots__ = ()
 
     def dumps(self, value: Any, /) -> bytes:
+        _check_json_keys(value)
         return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
     def loads(self, data: bytes, /) -> Any:
@@ -82,6 +83,30 @@ class _Json:
 
     def __repr__(self) -> str:
         return "'json'"
+
+
+def _check_json_keys(value: Any) -> None:
+    """Refuse a dict key that JSON would turn into a string (``{1: x}`` loads as
+    ``{"1": x}``): a value must read back as it was stored. Raises a ``TypeError``
+    naming the key's path in the result."""
+    todo: list[tuple[Any, str]] = [(value, "result")]
+    seen: set[int] = set()  # a container met twice (or a cycle, which json refuses)
+    while todo:
+        item, path = todo.pop()
+        if not isinstance(item, dict | list | tuple) or id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, dict):
+            for key, child in item.items():
+                if not isinstance(key, str):
+                    raise TypeError(
+                        f"serializer='json' cannot keep the {type(key).__name__} key "
+                        f"{key!r} of {path}: JSON object keys are strings, so it would not "
+                        "read back as it was stored; use str keys, or serializer='pickle'"
+                    )
+                todo.append((child, f"{path}[{key!r}]"))
+        else:
+            todo.extend((child, f"{path}[{i}]") for i, child in enumerate(item))
 
 
 _SERIALIZERS: Final[dict[str, Serializer]] = {"pickle": _Pickle(), "json": _Json()}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
@@ -335,3 +336,63 @@ def test_r3_a_lease_kept_to_the_end_logs_nothing(
         subject.run(scenario)
     assert subject.runs == [1]
     assert not warnings_of(caplog, "")
+
+
+@pytest.mark.parametrize(
+    ("result", "path", "key_type"),
+    [
+        ({1: "a"}, "result", "int"),
+        ({"rows": [{"id": 1}, {2: "b"}]}, "result['rows'][1]", "int"),
+        ({"a": ({None: 1},)}, "result['a'][0]", "NoneType"),
+        ({"a": {"b": {1.5: 1}}}, "result['a']['b']", "float"),
+        ({"a": {True: 1}}, "result['a']", "bool"),
+    ],
+)
+def test_r7_json_refuses_dict_keys_it_would_turn_into_strings(
+    redis_server: RedisServer, result: Any, path: str, key_type: str
+) -> None:
+    """R7/issue 19: serializer='json' refuses a non-str dict key, naming its path, instead
+    of storing a value that would read back with string keys."""
+    backend = make_backend(redis_server.socket, serializer="json")
+    with pytest.raises(TypeError, match=rf"{key_type} key .* of {re.escape(path)}: JSON"):
+        backend.serializer.dumps(result)
+    assert backend.serializer.loads(backend.serializer.dumps({"1": [1, {"x": None}]})) == {
+        "1": [1, {"x": None}]
+    }
+
+
+def test_r7_a_json_result_with_int_keys_is_returned_and_not_shared(
+    kind: str, redis_server: RedisServer, client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """R7/issue 19: a result with int keys reaches its caller unchanged, is logged with the
+    key's path and is not stored in Redis (where it would read back as {"1": ...})."""
+    backend = make_backend(redis_server.socket, is_async=kind == "async", serializer="json")
+    runs: list[int] = []
+    if kind == "async":
+
+        @singleflight(ttl=30, backend=backend, name="g")
+        async def g(x: int) -> dict[int, str]:
+            runs.append(x)
+            return {x: "one"}
+
+        async def call() -> Any:
+            try:
+                return [await g(1), await g(1)]
+            finally:
+                await backend.client.aclose()
+
+        with caplog.at_level(logging.WARNING, logger="coalesce.redis"):
+            got = asyncio.run(call())
+    else:
+
+        @singleflight(ttl=30, backend=backend, name="g")
+        def g(x: int) -> dict[int, str]:
+            runs.append(x)
+            return {x: "one"}
+
+        with caplog.at_level(logging.WARNING, logger="coalesce.redis"):
+            got = [g(1), g(1)]
+    assert got == [{1: "one"}, {1: "one"}]
+    assert runs == [1, 1]  # never a {"1": "one"} from Redis
+    assert not [k for k in client.scan_iter(match="coalesce:g:*") if b":done:" not in k]
+    assert "int key 1 of result" in caplog.text
