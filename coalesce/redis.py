@@ -279,27 +279,34 @@ return reply(0)
 # ------------------------------------------------------------------ steps of the protocol
 
 
-class _Acquire:
-    """Read the value, or take the lease, or learn who holds it (script ``_ACQUIRE``)."""
+class _Leasing:
+    """A step about one cache key's lease: its value key, its lease key, this flight's token."""
 
-    __slots__ = ("lease_key", "skip_value", "token", "value_key")
+    __slots__ = ("lease_key", "token", "value_key")
 
-    def __init__(self, value_key: str, lease_key: str, token: str, skip_value: bool) -> None:
+    def __init__(self, value_key: str, lease_key: str, token: str) -> None:
         self.value_key = value_key
         self.lease_key = lease_key
         self.token = token
+
+
+class _Acquire(_Leasing):
+    """Read the value, or take the lease, or learn who holds it (script ``_ACQUIRE``)."""
+
+    __slots__ = ("skip_value",)
+
+    def __init__(self, value_key: str, lease_key: str, token: str, skip_value: bool) -> None:
+        super().__init__(value_key, lease_key, token)
         self.skip_value = skip_value
 
 
-class _TryLease:
+class _TryLease(_Leasing):
     """Take the lease for a background refresh, or learn that another holds it."""
 
-    __slots__ = ("found", "lease_key", "token", "value_key")
+    __slots__ = ("found",)
 
     def __init__(self, value_key: str, lease_key: str, token: str, found: str) -> None:
-        self.value_key = value_key
-        self.lease_key = lease_key
-        self.token = token
+        super().__init__(value_key, lease_key, token)
         self.found = found  # SHA-1 of the payload found stale
 
 
@@ -345,18 +352,10 @@ class _Run:
         self.token = token
 
 
-class _Finish:
+class _Finish(_Leasing):
     """Publish a leader's outcome, store it for ``store_ms`` (0: not), release the lease."""
 
-    __slots__ = (
-        "done_key",
-        "gen",
-        "lease_key",
-        "outcome",
-        "store_ms",
-        "token",
-        "value_key",
-    )
+    __slots__ = ("done_key", "gen", "outcome", "store_ms")
 
     def __init__(
         self,
@@ -368,10 +367,8 @@ class _Finish:
         store_ms: int = 0,
         gen: bytes = b"0",
     ) -> None:
-        self.value_key = value_key
-        self.lease_key = lease_key
+        super().__init__(value_key, lease_key, token)
         self.done_key = f"{value_key}:done:{token}"
-        self.token = token
         self.outcome = outcome
         self.store_ms = store_ms
         self.gen = gen

@@ -89,6 +89,16 @@ class Subject:
         """The Redis key of ``f(x)``'s value."""
         return str(self.binding.redis_key(self.func.cache_key(x)))
 
+    def call_each(self, caplog: pytest.LogCaptureFixture, *xs: Any) -> None:
+        """Call ``f(x)`` for each of ``xs`` in turn (warnings captured): each is its value."""
+
+        async def scenario() -> None:
+            for x in xs:
+                assert await self.call(x) == f"value {x}"
+
+        with caplog.at_level(logging.WARNING, logger="coalesce.redis"):
+            self.run(scenario)
+
     def run(self, scenario: Callable[[], Awaitable[None]]) -> None:
         """Run ``scenario`` in one event loop, closing an async client before it ends."""
 
@@ -124,13 +134,7 @@ def test_r3_a_lease_that_is_not_a_coalesce_token_is_a_miss_and_deleted(
     vkey = subject.vkey(1)
     client.set(f"{vkey}:lease", poison)
 
-    async def scenario() -> None:
-        assert await subject.call(1) == "value 1"
-        assert await subject.call(1) == "value 1"
-        assert await subject.call("other") == "value other"
-
-    with caplog.at_level(logging.WARNING, logger="coalesce.redis"):
-        subject.run(scenario)
+    subject.call_each(caplog, 1, 1, "other")
     assert subject.runs == [1, "other"]
     assert client.get(f"{vkey}:lease") is None  # released by the leader that replaced it
     assert client.exists(vkey)
@@ -178,13 +182,7 @@ def test_r6_a_value_key_of_another_type_is_a_miss_not_an_outage(
         "set": lambda: client.sadd(vkey, "x"),
     }[kind_of_key]()
 
-    async def scenario() -> None:
-        assert await subject.call(1) == "value 1"
-        assert await subject.call(1) == "value 1"
-        assert await subject.call("other") == "value other"
-
-    with caplog.at_level(logging.WARNING, logger="coalesce.redis"):
-        subject.run(scenario)
+    subject.call_each(caplog, 1, 1, "other")
     assert subject.runs == [1, "other"]
     assert client.type(vkey) == b"string"
     assert client.exists(subject.vkey("other"))  # stored: Redis was never taken for down
