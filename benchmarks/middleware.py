@@ -52,6 +52,18 @@ CONNECTIONS = 32
 STAMPEDE = 100
 
 
+def _installed(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+# uvicorn's fast parser and loop (uvicorn[standard]) where installed, as served in
+# production; else its pure-Python ones, whose own cost then dominates every row.
+HTTP = "httptools" if _installed("httptools") else "h11"
+LOOP = "uvloop" if _installed("uvloop") else "asyncio"
+
+
 # ------------------------------------------------------------------ the apps (in uvicorn)
 
 
@@ -138,6 +150,7 @@ def server(variant: str, workers: int = 1, **env: str) -> Iterator[str]:
         sys.executable, "-m", "uvicorn", "--factory", "benchmarks.middleware:app_factory",
         "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
         "--log-level", "warning", "--no-access-log", "--lifespan", "on",
+        "--http", HTTP, "--loop", LOOP,
     ]  # fmt: skip
     process = subprocess.Popen(command, cwd=ROOT, env=environ, stdin=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
@@ -218,12 +231,6 @@ def redis_socket() -> Iterator[str]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def _installed(module: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(module) is not None
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description="P8: the middleware through uvicorn and wrk")
     parser.add_argument("--seconds", type=float, default=4.0, help="wrk duration per run")
@@ -271,7 +278,8 @@ def main() -> None:
         name = f"{peer} (hits)"
         rows.append(("1 ms endpoint, one URL", name, median[name], ratio(name, "bare /work"), ""))
     print(
-        f"P8 middleware: wrk -t1 -c{CONNECTIONS} -d{seconds:g}s on 127.0.0.1, uvicorn 1 worker, "
+        f"P8 middleware: wrk -t1 -c{CONNECTIONS} -d{seconds:g}s on 127.0.0.1, uvicorn 1 worker "
+        f"(--http {HTTP} --loop {LOOP}), "
         f"median of {options.rounds} alternating rounds (ratio: median of per-round ratios)"
     )
     print(f"{'load':30} {'contender':24} {'req/s':>8} {'ratio':>7}  bar")

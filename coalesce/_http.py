@@ -691,8 +691,8 @@ class Middleware(Generic[App, Request, H]):
     straight through (H1, H2), the micro-cache (H5, H7, H8) and what travels through a
     backend (H6) are written here once. A driver (``coalesce.asgi``,
     ``coalesce.wsgi``) names itself in ``_OWNER`` and ``_WRAPS``, makes its group in
-    ``_setup()``, reads a request through ``_method()``, ``_inspect()`` and
-    ``_reader()``, turns its head into wire form and back (``_head_out``,
+    ``_setup()``, reads a request through ``_method()``, ``_inspect()``, ``_where()``
+    and ``_reader()``, turns its head into wire form and back (``_head_out``,
     ``_head_in``), starts background refreshes (``_refresh``), and does the receiving
     and sending.
     """
@@ -842,10 +842,15 @@ class Middleware(Generic[App, Request, H]):
         """The request's method."""
         raise NotImplementedError
 
-    def _inspect(self, request: Request) -> tuple[bool, bool, Hashable]:
-        """``(has a body, carries credentials, where)``; ``where`` is the part of the
-        key that says where the request goes (scheme, host, mount point, path, query)
-        with the values of the keyed headers (:attr:`Options.keyed`)."""
+    def _inspect(self, request: Request) -> tuple[bool, bool, Any]:
+        """``(has a body, carries credentials, found)``: ``found`` is whatever the driver
+        read on the way that :meth:`_where` needs (cheap: most requests that pass
+        straight through stop here)."""
+        raise NotImplementedError
+
+    def _where(self, request: Request, found: Any) -> Hashable:
+        """The part of the key that says where the request goes (scheme, host, mount
+        point, path, query) with the values of the keyed headers (:attr:`Options.keyed`)."""
         raise NotImplementedError
 
     def _reader(self, request: Request) -> Callable[[str], object]:
@@ -881,9 +886,10 @@ class Middleware(Generic[App, Request, H]):
         method = self._method(request)
         if method not in options.methods:
             return None
-        body, credentials, where = self._inspect(request)
+        body, credentials, found = self._inspect(request)
         if body or (credentials and not options.private):
             return None
+        where = self._where(request, found)
         user: Hashable = None
         if options.key is not None:
             user = checked_key(self._OWNER, options.key, request)
@@ -938,6 +944,21 @@ class Middleware(Generic[App, Request, H]):
         lifetime = 0.0 if _fresh_key(key) else outcome.verdict.lifetime
         status, headers = self._head_out(outcome.head)
         return to_wire(status, headers, outcome, lifetime, time.time())
+
+    def _through(self, made: list[Any], value: object) -> Reply[H] | Any:
+        """A backend flight's outcome for this process's clients: what this process's
+        own downstream call made (``made``), else the reply read from the backend."""
+        return made[0] if made else self._received(value)
+
+    def _through_failed(self, made: list[Any], error: Exception) -> Any:
+        """A backend flight that raised ``error``: this process's own response that may
+        not be shared (:class:`NotShared`), :data:`OWN_CALL` when another process's may
+        not, else ``error`` itself, raised."""
+        if isinstance(error, NotShared) and made:
+            return made[0]
+        if own_call_error(error):
+            return OWN_CALL
+        raise error
 
     def _received(self, value: object) -> Reply[H] | Any:
         """A reply from a backend's value (leader ``None``: made for another process),

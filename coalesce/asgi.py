@@ -26,9 +26,8 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Hashable, MutableMapping
 from typing import Any, Final, TypeAlias
 
-from ._errors import RemoteError
 from ._flight import AsyncGroup, Stats
-from ._http import CREDENTIALS, OWN_CALL, Middleware, NotShared, Reply, Verdict, own_call_error
+from ._http import CREDENTIALS, OWN_CALL, Middleware, Reply, Verdict
 
 __all__ = ("CoalesceMiddleware",)
 
@@ -76,7 +75,7 @@ class CoalesceMiddleware(Middleware[ASGIApp, Scope, _Head]):
     Only ``http`` scopes coalesce; ``lifespan`` and ``websocket`` pass straight through.
     """
 
-    __slots__ = ("_group", "_keyed", "_tasks")
+    __slots__ = ("_group", "_keyed", "_tasks", "_watched")
 
     _OWNER = "coalesce.asgi.CoalesceMiddleware"
     _WRAPS = "an ASGI app"
@@ -85,6 +84,8 @@ class CoalesceMiddleware(Middleware[ASGIApp, Scope, _Head]):
 
     def _setup(self) -> Stats:
         self._keyed = tuple(name.encode("latin-1") for name in self._options.keyed)
+        # Every request header the key or the pass-through rules read (H1, H2).
+        self._watched = frozenset((*self._keyed, *_BODY_HEADERS, *_CREDENTIAL_BYTES))
         self._group = AsyncGroup()
         # Downstream calls whose response is settled but whose app still runs
         # (background work, or streaming to a leader): kept alive until they end.
@@ -111,27 +112,31 @@ class CoalesceMiddleware(Middleware[ASGIApp, Scope, _Head]):
         method: str = scope.get("method", "GET")
         return method
 
-    def _inspect(self, scope: Scope) -> tuple[bool, bool, Hashable]:
-        keyed = self._keyed
+    def _inspect(self, scope: Scope) -> tuple[bool, bool, dict[bytes, list[bytes]]]:
+        watched = self._watched
         found: dict[bytes, list[bytes]] = {}
         for name, value in scope.get("headers", ()):
             # ASGI servers send lower-case names; lower them anyway, as a credential
             # that slipped past in capitals would be shared.
-            name = bytes(name).lower()
-            if name in keyed or name in _BODY_HEADERS or name in _CREDENTIAL_BYTES:
+            name = (name if type(name) is bytes else bytes(name)).lower()
+            if name in watched:
                 found.setdefault(name, []).append(bytes(value))
+        if not found:
+            return False, False, found
         lengths = found.get(b"content-length", ())
         body = b"transfer-encoding" in found or any(v.strip() not in (b"", b"0") for v in lengths)
         credentials = any(name in found for name in _CREDENTIAL_BYTES)
-        where = (
+        return body, credentials, found
+
+    def _where(self, scope: Scope, found: dict[bytes, list[bytes]]) -> Hashable:
+        return (
             scope.get("scheme", "http"),
             scope.get("root_path", ""),
             scope.get("path", ""),
             scope.get("raw_path"),
             scope.get("query_string", b""),
-            tuple(tuple(found.get(name, ())) for name in keyed),
+            tuple(tuple(found.get(name, ())) for name in self._keyed),
         )
-        return body, credentials, where
 
     def _reader(self, scope: Scope) -> Callable[[str], object]:
         return _header_reader(scope)
@@ -205,17 +210,11 @@ class CoalesceMiddleware(Middleware[ASGIApp, Scope, _Head]):
 
         try:
             value = await binding.acall(key, compute)
-        except NotShared:
-            if not made:
-                raise
-            return made[0]
-        except RemoteError as exc:
-            if own_call_error(exc):
-                return OWN_CALL
-            raise
+        except Exception as exc:
+            return self._through_failed(made, exc)
         finally:
             answered = True
-        return made[0] if made else self._received(value)
+        return self._through(made, value)
 
     async def _exchange(self, leader: _Client) -> _Reply | _Overflow:
         """Run the app once for ``leader``'s request, in a task of its own (H4)."""

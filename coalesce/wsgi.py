@@ -28,9 +28,8 @@ from collections.abc import Callable, Hashable, Iterable, Iterator
 from types import TracebackType
 from typing import Any, Final, Protocol, TypeAlias
 
-from ._errors import RemoteError
 from ._flight import Group, Stats
-from ._http import CREDENTIALS, OWN_CALL, Middleware, NotShared, Reply, Verdict, own_call_error
+from ._http import CREDENTIALS, OWN_CALL, Middleware, Reply, Verdict
 
 __all__ = ("CoalesceMiddleware",)
 
@@ -137,11 +136,14 @@ class CoalesceMiddleware(Middleware[WSGIApp, Environ, _Head]):
         method: str = environ.get("REQUEST_METHOD", "GET")
         return method
 
-    def _inspect(self, environ: Environ) -> tuple[bool, bool, Hashable]:
+    def _inspect(self, environ: Environ) -> tuple[bool, bool, None]:
         length = str(environ.get("CONTENT_LENGTH") or "").strip()
         body = bool(environ.get("HTTP_TRANSFER_ENCODING")) or length not in ("", "0")
         credentials = any(environ.get(name) for name in _CREDENTIAL_KEYS)
-        where = (
+        return body, credentials, None
+
+    def _where(self, environ: Environ, found: None) -> Hashable:
+        return (
             environ.get("wsgi.url_scheme", "http"),
             environ.get("SERVER_NAME"),
             environ.get("SERVER_PORT"),
@@ -152,7 +154,6 @@ class CoalesceMiddleware(Middleware[WSGIApp, Environ, _Head]):
             environ.get("REMOTE_USER") if self._options.private else None,
             tuple(environ.get(name) for name in self._keyed),
         )
-        return body, credentials, where
 
     def _reader(self, environ: Environ) -> Callable[[str], object]:
         return _header_reader(environ)
@@ -189,17 +190,11 @@ class CoalesceMiddleware(Middleware[WSGIApp, Environ, _Head]):
 
         try:
             value = binding.call(key, compute)
-        except NotShared:
-            if not made:
-                raise
-            return made[0]
-        except RemoteError as exc:
-            if own_call_error(exc):
-                return OWN_CALL
-            raise
+        except Exception as exc:
+            return self._through_failed(made, exc)
         finally:
             answered = True
-        return made[0] if made else self._received(value)
+        return self._through(made, value)
 
     def _call(self, client: _Client) -> _Reply | _Overflow:
         """Run the app once for ``client``'s request and buffer its response."""

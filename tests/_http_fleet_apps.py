@@ -58,8 +58,9 @@ def digest(secret: str | None) -> str | None:
     return None if secret is None else hashlib.sha256(secret.encode()).hexdigest()
 
 
-def _made(path: str, query: str, headers: dict[str, str], pid: int) -> dict[str, Any]:
+def _made(path: str, query: str, headers: dict[str, str], pid: int, call: int) -> dict[str, Any]:
     return {
+        "call": call,
         "path": path,
         "query": query,
         "authorization": digest(headers.get("authorization")),
@@ -71,12 +72,12 @@ def _made(path: str, query: str, headers: dict[str, str], pid: int) -> dict[str,
 
 
 def _respond(
-    path: str, query: str, headers: dict[str, str]
+    path: str, query: str, headers: dict[str, str], call: int
 ) -> tuple[int, list[tuple[str, str]], bytes]:
     """The downstream response for a request: status, headers, body (shared by both apps)."""
     if path.startswith("/error"):
         raise RuntimeError("the downstream app failed on purpose")
-    made = _made(path, query, headers, os.getpid())
+    made = _made(path, query, headers, os.getpid(), call)
     out = [("content-type", "application/json"), ("x-made-for", headers.get("x-client", ""))]
     if path.startswith("/cookie"):
         out.append(("set-cookie", f"session={headers.get('x-client', '')}"))
@@ -88,6 +89,9 @@ def _respond(
         out.append(("vary", "X-Lang"))
     elif path.startswith("/maxage"):
         out.append(("cache-control", "max-age=" + parse_qs(query).get("age", ["1"])[0]))
+    elif path.startswith("/swr"):
+        # The first response lives 1 s, the ones that refresh it a minute.
+        out.append(("cache-control", "max-age=1" if call == 1 else "max-age=60"))
     elif path.startswith("/big"):
         made["padding"] = "x" * 2_000_000  # past max_body (1 MiB)
     out.append(("x-repeat", "one"))
@@ -123,6 +127,16 @@ async def _gate_async(client: redis.asyncio.Redis) -> None:
     raise RuntimeError(f"gate: gave up after {GATE_WAIT}s")
 
 
+async def _hold_async(client: redis.asyncio.Redis) -> None:
+    """Block a refresh until the gate's count of responses has been answered (bounded)."""
+    want = int(await client.get("gate") or 0)
+    deadline = time.monotonic() + GATE_WAIT
+    while int(await client.get("answered") or 0) < want:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"hold: gave up after {GATE_WAIT}s")
+        await asyncio.sleep(0.005)  # re-checks a count other processes bring about
+
+
 async def _downstream(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] != "http":
         return
@@ -135,11 +149,13 @@ async def _downstream(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": body})
         return
-    await client.incr(f"calls:{path}")
+    call = await client.incr(f"calls:{path}")
     await client.incr("calls")
     if path.startswith("/gate"):
         await _gate_async(client)
-    status, out, body = _respond(path, query, headers)
+    if path.startswith("/swr") and call > 1:
+        await _hold_async(client)
+    status, out, body = _respond(path, query, headers, call)
     raw = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in out]
     await send({"type": "http.response.start", "status": status, "headers": raw})
     await send({"type": "http.response.body", "body": body})
@@ -158,6 +174,14 @@ def _asgi() -> Any:
             client = _async_redis()
             await client.sadd("pids", os.getpid())
             await client.incr("arrived")
+
+            async def answering(message: Any) -> None:
+                if message["type"] == "http.response.start":
+                    await client.incr("answered")
+                await send(message)
+
+            await middleware(scope, receive, answering)
+            return
         await middleware(scope, receive, send)
 
     return counted
@@ -190,6 +214,16 @@ def _gate_sync(client: redis.Redis) -> None:
     raise RuntimeError(f"gate: gave up after {GATE_WAIT}s")
 
 
+def _hold_sync(client: redis.Redis) -> None:
+    """Block a refresh until the gate's count of responses has been answered (bounded)."""
+    want = int(client.get("gate") or 0)
+    deadline = time.monotonic() + GATE_WAIT
+    while int(client.get("answered") or 0) < want:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"hold: gave up after {GATE_WAIT}s")
+        time.sleep(0.005)  # re-checks a count other processes bring about
+
+
 def _wsgi_downstream(environ: dict[str, Any], start_response: Any) -> list[bytes]:
     path = environ.get("PATH_INFO", "")
     query = environ.get("QUERY_STRING", "")
@@ -200,11 +234,13 @@ def _wsgi_downstream(environ: dict[str, Any], start_response: Any) -> list[bytes
     if path == "/ping":
         start_response("200 OK", [])
         return [str(os.getpid()).encode()]
-    client.incr(f"calls:{path}")
+    call = client.incr(f"calls:{path}")
     client.incr("calls")
     if path.startswith("/gate"):
         _gate_sync(client)
-    status, out, body = _respond(path, query, headers)
+    if path.startswith("/swr") and call > 1:
+        _hold_sync(client)
+    status, out, body = _respond(path, query, headers, call)
     start_response(f"{status} OK", out)
     return [body]
 
@@ -222,6 +258,12 @@ def _wsgi() -> Any:
             client = _sync_redis()
             client.sadd("pids", os.getpid())
             client.incr("arrived")
+
+            def answering(status: str, headers: Any, exc_info: Any = None) -> Any:
+                client.incr("answered")
+                return start_response(status, headers, exc_info)
+
+            return middleware(environ, answering)
         return middleware(environ, start_response)
 
     return counted

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import http.cookiejar
 import socket
+import subprocess
 import threading
 import time
 from collections import Counter
@@ -139,6 +140,16 @@ def count_wsgi(app: Callable[..., Iterable[bytes]], probe: Probe) -> Callable[..
 def no_cookies() -> http.cookiejar.CookieJar:
     """A cookie jar that keeps nothing: a test's clients must not echo Set-Cookie back."""
     return http.cookiejar.CookieJar(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
+
+
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    """Stop a server process started by a test: SIGTERM, then SIGKILL if it lingers."""
+    process.terminate()
+    try:
+        process.wait(20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(10)
 
 
 def _listening_socket() -> socket.socket:

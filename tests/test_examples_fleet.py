@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests._http_support import stop_process
 from tests._redis_fixture import running_server, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -70,12 +71,7 @@ def test_h6_fleet_example_runs_the_endpoint_once_for_fifty_requests(
                 capture_output=True, text=True, timeout=120, env=env, check=False,
             )  # fmt: skip
         finally:
-            process.terminate()
-            try:
-                process.wait(20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(10)
+            stop_process(process)
             shutil.rmtree(directory, ignore_errors=True)
     assert done.returncode == 0, done.stderr
     assert "statuses: {200: 50}" in done.stdout

@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ import httpx
 import pytest
 
 from tests._http_fleet_apps import digest
+from tests._http_support import stop_process
 from tests._redis_fixture import RedisServer, running_server, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -70,12 +72,7 @@ def fleet(kind: str, redis_server: RedisServer, **options: str) -> Iterator[str]
         _wait_for_workers(uds, process, redis_server)
         yield uds
     finally:
-        process.terminate()
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
+        stop_process(process)
         shutil.rmtree(directory, ignore_errors=True)
 
 
@@ -292,3 +289,37 @@ async def _wave(
 ) -> list[httpx.Response | None]:
     responses, _ = await asyncio.gather(_many(uds, wave), _disconnect_early(uds, disconnects))
     return responses
+
+
+@pytest.mark.parametrize("kind", ["uvicorn", "gunicorn"])
+def test_h7_a_stale_response_is_served_by_every_worker_while_one_refresh_runs(
+    kind: str, redis_server: RedisServer
+) -> None:
+    """H7: past its lifetime (max-age=1), within stale=, the response kept in Redis is
+    served at once by every worker to 150 concurrent requests, while ONE background
+    downstream call in the whole fleet refreshes it (it is held until all have arrived)."""
+    client = redis_server.client()
+    with fleet(kind, redis_server, ttl="60", stale="60") as uds:
+        first = asyncio.run(_many(uds, [{"url": "/swr", "headers": {}}]))[0]
+        assert first is not None
+        kept_at = time.time()
+        assert json.loads(first.content)["call"] == 1
+        wait_until(lambda: time.time() > kept_at + 1.05, "max-age=1 to pass", timeout=5)
+        client.set("gate", int(client.get("answered") or 0) + 150)
+        responses = asyncio.run(_many(uds, [{"url": "/swr", "headers": {}}] * 150))
+
+        def landed() -> bool:
+            leases = [k for k in client.scan_iter("fleet:*") if k.endswith(b":lease")]
+            return int(client.get("calls:/swr") or 0) >= 2 and not leases
+
+        wait_until(landed, "the refresh to land", timeout=30)
+        later = asyncio.run(_many(uds, [{"url": "/swr", "headers": {}}]))[0]
+        pids = client.scard("pids")
+    for response in responses:
+        assert response is not None
+        assert response.status_code == 200
+        assert response.content == first.content  # the stale one, at once
+    assert int(client.get("calls:/swr") or 0) == 2  # one refresh in the fleet
+    assert later is not None
+    assert json.loads(later.content)["call"] == 2
+    assert pids >= 2
