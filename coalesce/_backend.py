@@ -116,6 +116,10 @@ class Tally(Protocol):
     starts and ends: it is in ``in_flight`` meanwhile),
     ``failed()`` (an execution failed and the old value was served instead),
     ``kept()`` (a kept error was raised, after ``hit()``: not a new failure).
+
+    Executions and their outcomes (``errors``, ``coalesce.executions``) are counted by
+    the decorator itself, around each run of the function the backend makes, so
+    ``failed()`` and ``kept()`` are reports a backend may make, and change no count.
     """
 
     def hit(self) -> None: ...

@@ -10,9 +10,10 @@ decorator is built on.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
-import threading
+import time
 from collections.abc import Callable, Coroutine, Hashable, MutableMapping
 from typing import (
     Any,
@@ -591,12 +592,15 @@ def _build(func: Callable[..., Any], options: _Options) -> Any:
                 cache_if=fresh.cache_if,
                 tally=tally,
             )
+        counts = None if tally is None else group._stats
+        if counts is not None:
+            counts.runs = True  # executions are counted where the function runs
         if is_async:
             abound = bind_async(backend, func, name=options.name or name, ttl=ttl, fleet=fleet)
-            run = _through_async_binding(func, abound)
+            run = _through_async_binding(func, abound, counts)
         else:
             bound = bind_sync(backend, func, name=options.name or name, ttl=ttl, fleet=fleet)
-            run = _through_binding(func, bound)
+            run = _through_binding(func, bound, counts)
         binding = abound if bound is None else bound
         if isinstance(binding, CountsTakeovers):
             binding.count_takeovers(group._stats.takeovers.__next__)  # O1
@@ -626,7 +630,7 @@ def _build(func: Callable[..., Any], options: _Options) -> Any:
     group._describe = compiled.describe
     wrapper = compiled.wrapper
     functools.update_wrapper(wrapper, func)
-    _attach(wrapper, compiled, group, store, bound, abound, is_async, tally)
+    _attach(wrapper, compiled, group, store, bound, abound, is_async)
     wrapper.batch = batch_method(  # type: ignore[attr-defined]
         func, options.key, bool(options.typed), options.backend, group, store, is_async
     )
@@ -637,41 +641,33 @@ def _build(func: Callable[..., Any], options: _Options) -> Any:
     return wrapper
 
 
-_NOTHING_TOLD: Final = dict.fromkeys(("hit", "stale", "waited", "refreshed", "failed", "kept"), 0)
-
-
 class _Tally:
     """What a backend reports about the calls it answered (``coalesce.Tally``, R10).
 
-    The group counted each such call as a miss; ``cache_info()`` moves the backend's
-    hits and stale serves to ``hits``, and its waits on other processes to
-    ``coalesced``. Calls through a backend cost a round trip, so a lock here is cheap.
+    The group counted each such call as a miss that executed; the backend's reports
+    step the counters that correct that (see :class:`~coalesce._flight.Stats`): its
+    hits and stale serves become hits, its waits on other processes joined misses. The
+    function's own runs are counted where it runs (:func:`_counted`), so ``failed()``
+    and ``kept()`` change no count: the failed run, if it ran here, was counted as it
+    ended, and a kept error raised again ran nowhere.
     """
 
-    __slots__ = ("counts", "lock", "stats")
-
-    NAMES: Final = ("hit", "stale", "waited", "refreshed", "failed", "kept")
+    __slots__ = ("stats",)
 
     def __init__(self, stats: Stats) -> None:
-        self.lock = threading.Lock()
-        self.counts = dict.fromkeys(self.NAMES, 0)
-        self.stats = stats  # a refresh running here is in in_flight
-
-    def _add(self, name: str) -> None:
-        with self.lock:
-            self.counts[name] += 1
+        self.stats = stats
 
     def hit(self) -> None:
-        self._add("hit")
+        next(self.stats.answered)
 
     def stale(self) -> None:
-        self._add("stale")
+        next(self.stats.answered_stale)
 
     def waited(self) -> None:
-        self._add("waited")
+        next(self.stats.waited)
 
     def refreshed(self) -> None:
-        self._add("refreshed")
+        next(self.stats.refreshes)
 
     def running(self) -> None:
         next(self.stats.started)
@@ -680,34 +676,83 @@ class _Tally:
         next(self.stats.ended)
 
     def failed(self) -> None:
-        self._add("failed")
+        pass  # counted by _counted, in the process that ran it
 
     def kept(self) -> None:
-        self._add("kept")
-
-    def read(self) -> dict[str, int]:
-        with self.lock:
-            return dict(self.counts)
-
-    def reset(self) -> None:
-        with self.lock:
-            self.counts = dict.fromkeys(self.NAMES, 0)
+        pass  # answered() counted it as a hit; no run: no error
 
 
-def _through_binding(func: Callable[..., Any], bound: Binding) -> Callable[..., Any]:
-    """The execution when a backend coordinates processes: it goes through ``bound``."""
+def _ended(stats: Stats, began: float, error: BaseException | None) -> None:
+    """One run of the function through a backend ended (counted and timed, O1)."""
+    timer = _observe.run_timer
+    if timer is not None:
+        timer(stats, time.perf_counter() - began)
+    if error is None:
+        next(stats.ran_ok)
+    elif isinstance(error, asyncio.CancelledError):
+        next(stats.ran_cancelled)
+    else:
+        next(stats.ran_errors)
 
-    def run(key: Hashable, *args: Any, **kwargs: Any) -> Any:
-        return bound.call(unhashed(key), functools.partial(func, *args, **kwargs))
+
+def _counted(stats: Stats, compute: Callable[[], Any]) -> Callable[[], Any]:
+    """``compute``, counting and timing each run of it (a backend runs it, or not)."""
+
+    def run() -> Any:
+        began = time.perf_counter()
+        try:
+            value = compute()
+        except BaseException as exc:
+            _ended(stats, began, exc)
+            raise
+        _ended(stats, began, None)
+        return value
 
     return run
 
 
-def _through_async_binding(func: Callable[..., Any], bound: AsyncBinding) -> Callable[..., Any]:
+def _acounted(stats: Stats, compute: Callable[[], Any]) -> Callable[[], Any]:
+    """:func:`_counted` for ``async def`` functions."""
+
+    async def run() -> Any:
+        began = time.perf_counter()
+        try:
+            value = await compute()
+        except BaseException as exc:
+            _ended(stats, began, exc)
+            raise
+        _ended(stats, began, None)
+        return value
+
+    return run
+
+
+def _through_binding(
+    func: Callable[..., Any], bound: Binding, stats: Stats | None
+) -> Callable[..., Any]:
+    """The execution when a backend coordinates processes: it goes through ``bound``.
+
+    With ``stats`` (a backend that reports what it did), each run of ``func`` is
+    counted there, as it runs.
+    """
+
+    def run(key: Hashable, *args: Any, **kwargs: Any) -> Any:
+        compute = functools.partial(func, *args, **kwargs)
+        return bound.call(unhashed(key), compute if stats is None else _counted(stats, compute))
+
+    return run
+
+
+def _through_async_binding(
+    func: Callable[..., Any], bound: AsyncBinding, stats: Stats | None
+) -> Callable[..., Any]:
     """:func:`_through_binding` for ``async def`` functions."""
 
     async def run(key: Hashable, *args: Any, **kwargs: Any) -> Any:
-        return await bound.acall(unhashed(key), functools.partial(func, *args, **kwargs))
+        compute = functools.partial(func, *args, **kwargs)
+        return await bound.acall(
+            unhashed(key), compute if stats is None else _acounted(stats, compute)
+        )
 
     return run
 
@@ -720,7 +765,6 @@ def _attach(
     bound: Binding | None,
     abound: AsyncBinding | None,
     is_async: bool,
-    tally: _Tally | None = None,
 ) -> None:
     """Give the wrapper its helpers: ``cache``, ``cache_key()``, ``cache_info()``, ..."""
     cache_key = compiled.cache_key  # the wrapper's own binding and key (_compile.py)
@@ -738,19 +782,17 @@ def _attach(
     def cache_info() -> CacheInfo:
         """Counters and sizes: hits, misses, coalesced, errors, in_flight, currsize,
         maxsize, stale, refreshes."""
-        counts = stats.snapshot()
-        told = tally.read() if tally is not None else _NOTHING_TOLD
-        answered = told["hit"]  # hits the group had counted as misses
+        counts = stats.snapshot()  # with a backend's reports folded in (R10)
         return CacheInfo(
-            counts.hits + answered,
-            max(0, counts.misses - answered),
-            counts.coalesced + told["waited"],
-            max(0, counts.errors + told["failed"] - told["kept"]),
+            counts.hits,
+            counts.misses,
+            counts.coalesced,
+            counts.errors,
             counts.in_flight,
             store.currsize() if store is not None else 0,
             store.maxsize_info() if store is not None else None,
-            counts.stale + told["stale"],
-            counts.refreshes + told["refreshed"],
+            counts.stale,
+            counts.refreshes,
         )
 
     def clear_here() -> None:
@@ -758,8 +800,6 @@ def _attach(
         if store is not None:
             store.clear()
         stats.reset()
-        if tally is not None:
-            tally.reset()
 
     def invalidate_here(key: Hashable) -> bool:
         group._discard(key)

@@ -125,14 +125,38 @@ class Stats:
     Each call steps exactly one of ``hits`` (fresh), ``stale``, ``coalesced`` and
     ``executed``, so a reader never sees a call half counted; ``cache_info()``'s hits
     are ``hits + stale`` and its misses ``executed + coalesced``.
+
+    With a backend that reports what it did (``coalesce.Tally``, R10), a call that
+    reached the backend was counted ``executed``; the backend then steps ``answered``
+    (it answered from its store: a hit), ``answered_stale`` (of those, a stale serve)
+    or ``waited`` (it waited on another process's execution: a miss that joined), and
+    the decorator counts the function's own runs in ``ran_ok``, ``ran_errors`` and
+    ``ran_cancelled`` (``runs`` is then true). :meth:`snapshot` and :meth:`totals`
+    read the calls and executions corrected by those, so ``cache_info()`` and the
+    instruments (O1) agree.
     """
 
-    _RESETTABLE = ("hits", "executed", "coalesced", "errors", "stale", "refreshes")
+    # In the order read: a backend steps its counter after the group's step for the same
+    # call, so reading the backend's first keeps every correction within what it corrects.
+    _RESETTABLE = (
+        "answered_stale",
+        "waited",
+        "answered",
+        "ran_errors",
+        "hits",
+        "executed",
+        "coalesced",
+        "errors",
+        "stale",
+        "refreshes",
+    )
 
     __slots__ = (
         "_base",
         "_reading",
         "_reads",
+        "answered",
+        "answered_stale",
         "cancelled",
         "coalesced",
         "ended",
@@ -141,10 +165,15 @@ class Stats:
         "hits",
         "label",
         "ok",
+        "ran_cancelled",
+        "ran_errors",
+        "ran_ok",
         "refreshes",
+        "runs",
         "stale",
         "started",
         "takeovers",
+        "waited",
     )
 
     def __init__(self) -> None:
@@ -159,6 +188,14 @@ class Stats:
         self.takeovers = self._counter()  # leases taken over from a leader elsewhere (R4)
         self.started = self._counter()
         self.ended = self._counter()
+        # Through a backend that reports what it did (R10; see the class docstring):
+        self.answered = self._counter()  # calls it answered from its store (hits)
+        self.answered_stale = self._counter()  # of those, stale serves
+        self.waited = self._counter()  # calls that waited on another process (joined)
+        self.ran_ok = self._counter()  # runs of the function here that returned
+        self.ran_errors = self._counter()  # ... that raised
+        self.ran_cancelled = self._counter()  # ... that were cancelled
+        self.runs = False  # True: executions are the ran_* counters, not ok/errors/...
         self.label: str | None = None  # the coalesce.function name, once registered (O1)
         self._base = (0,) * len(self._RESETTABLE)
         self._reading = threading.Lock()
@@ -186,26 +223,41 @@ class Stats:
     def snapshot(self) -> Counts:
         """Every counter since the last reset, and ``in_flight`` now."""
         ended = self._read("ended")
-        hits, executed, coalesced, errors, stale, refreshes = (
-            self._read(name) - base for name, base in zip(self._RESETTABLE, self._base, strict=True)
-        )
+        read = {
+            name: self._read(name) - base
+            for name, base in zip(self._RESETTABLE, self._base, strict=True)
+        }
         in_flight = self._read("started") - ended
+        answered = read["answered"]
         return Counts(
-            hits + stale, executed + coalesced, coalesced, errors, in_flight, stale, refreshes
+            read["hits"] + read["stale"] + answered,
+            max(0, read["executed"] + read["coalesced"] - answered),
+            read["coalesced"] + read["waited"],
+            read["ran_errors"] if self.runs else read["errors"],
+            in_flight,
+            read["stale"] + read["answered_stale"],
+            read["refreshes"],
         )
 
     def totals(self) -> Totals:
         """Every count since these counters were made (``cache_clear()`` resets none)."""
         read = self._read
         ended = read("ended")
+        answered_stale = read("answered_stale")
+        waited = read("waited")
+        answered = read("answered")
+        if self.runs:
+            ok, error, cancelled = read("ran_ok"), read("ran_errors"), read("ran_cancelled")
+        else:
+            ok, error, cancelled = read("ok"), read("errors"), read("cancelled")
         return Totals(
-            read("hits"),
-            read("stale"),
-            read("coalesced"),
-            read("executed"),
-            read("ok"),
-            read("errors"),
-            read("cancelled"),
+            read("hits") + answered - answered_stale,
+            read("stale") + answered_stale,
+            read("coalesced") + waited,
+            read("executed") - answered - waited,
+            ok,
+            error,
+            cancelled,
             read("refreshes"),
             read("takeovers"),
             read("started") - ended,

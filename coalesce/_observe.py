@@ -7,8 +7,9 @@ call's path changes when it is on. The registry holds each owner weakly: a funct
 that is garbage-collected leaves it (and its instruments) by itself.
 
 Nothing here imports OpenTelemetry (O3): ``coalesce.otel`` does, when it is imported.
-The one hook an execution sees is :data:`timer`: ``None`` unless instrumented, else
-called once per ended execution with its duration (``coalesce.execution.duration``).
+The hooks an execution sees are :data:`timer` and :data:`run_timer`: ``None`` unless
+instrumented, else called once per ended execution with its duration
+(``coalesce.execution.duration``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Final
 if TYPE_CHECKING:
     from ._flight import Stats
 
-__all__ = ("Source", "register", "sources", "timer")
+__all__ = ("Source", "register", "run_timer", "sources", "timer")
 
 
 class Source:
@@ -75,3 +76,8 @@ def sources() -> list[Source]:
 # Set by coalesce.otel.instrument() (and back to None by uninstrument()): called with
 # the execution's counters and its duration in seconds, once per ended execution.
 timer: Callable[[Stats, float], None] | None = None
+
+# The same, for a function bound to a backend that reports what it did (``Stats.runs``):
+# called once per run of the function in this process, where it runs (a flight of such
+# a function is often no execution here: a hit in Redis, a wait on another process).
+run_timer: Callable[[Stats, float], None] | None = None

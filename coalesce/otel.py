@@ -131,7 +131,17 @@ class _Instruments:
         )
 
     def record(self, stats: Stats, seconds: float) -> None:
-        """The duration of one ended execution (``_observe.timer`` while instrumented)."""
+        """The duration of one ended execution (``_observe.timer`` while instrumented).
+
+        Not for a function whose runs are timed where they run (``stats.runs``: through a
+        backend, where a flight may be a hit in Redis or a wait on another process).
+        """
+        label = stats.label
+        if label is not None and self.active and not stats.runs:
+            self.duration.record(seconds, {FUNCTION: label})
+
+    def record_run(self, stats: Stats, seconds: float) -> None:
+        """The duration of one run through a backend (``_observe.run_timer``)."""
         label = stats.label
         if label is not None and self.active:
             self.duration.record(seconds, {FUNCTION: label})
@@ -203,6 +213,7 @@ def instrument(meter_provider: MeterProvider | None = None) -> None:
         _current[:] = [instruments]
         instruments.active = True
         _observe.timer = instruments.record
+        _observe.run_timer = instruments.record_run
 
 
 def uninstrument() -> None:
@@ -213,6 +224,7 @@ def uninstrument() -> None:
     """
     with _lock:
         _observe.timer = None
+        _observe.run_timer = None
         for old in _current:
             old.active = False
         _current.clear()

@@ -74,19 +74,23 @@ def fleet_worker(
     gate = [threading.Event()]
     raised: dict[str, int] = {}
 
-    options = dict(decorator_options)
+    options = {"name": "report", **decorator_options}
     for name in ("ttl", "cache_if"):
         if isinstance(options.get(name), str):
             options[name] = CALLABLES[options[name]]
     backend = make_backend(socket, is_async=is_async, **backend_options)
 
     def body(day: Any) -> dict[str, Any]:
+        # The gate is taken before the start is announced: a "release" the test sends
+        # once it has seen the start opens this very gate, however late this thread
+        # gets to wait on it (a later "release" replaces gate[0] with a new one).
+        held = gate[0] if mode["hold"] else None
         with counter.get_lock():
             counter.value += 1
             n = counter.value
         send("started", n, os.getpid(), day)
-        if mode["hold"]:
-            gate[0].wait(30)
+        if held is not None and not held.wait(120):
+            raise RuntimeError("held for 120 s and never released")
         if mode["compute"]:
             frozen[0].tick(mode["compute"])  # the computation "takes" this long
         if mode["fail"] is not None:
@@ -96,7 +100,7 @@ def fleet_worker(
     loop: asyncio.AbstractEventLoop | None = None
     if is_async:
 
-        @singleflight(backend=backend, name="report", **options)
+        @singleflight(backend=backend, **options)
         async def report(day: Any) -> dict[str, Any]:
             return await asyncio.to_thread(body, day)
 
@@ -104,7 +108,7 @@ def fleet_worker(
         threading.Thread(target=loop.run_forever, daemon=True).start()
     else:
 
-        @singleflight(backend=backend, name="report", **options)
+        @singleflight(backend=backend, **options)
         def report(day: Any) -> dict[str, Any]:
             return body(day)
 
