@@ -575,13 +575,13 @@ def _build(func: Callable[..., Any], options: _Options) -> Any:
     store: Store | None
     run: Callable[..., Any] = func
     keyed = False
-    tally: _Tally | None = None
+    tally: StatsTally | None = None
     if options.backend is not None:
         backend = options.backend
         ttl = cast("float | Callable[[Any], float]", options.ttl)  # _Options refuses None
         fleet: Fleet | None = None
         if takes_fleet(backend):
-            tally = _Tally(group._stats)
+            tally = StatsTally(group._stats)
             fresh = options.fresh
             fleet = Fleet(
                 ttl=ttl,
@@ -641,7 +641,7 @@ def _build(func: Callable[..., Any], options: _Options) -> Any:
     return wrapper
 
 
-class _Tally:
+class StatsTally:
     """What a backend reports about the calls it answered (``coalesce.Tally``, R10).
 
     The group counted each such call as a miss that executed; the backend's reports
@@ -682,31 +682,36 @@ class _Tally:
         pass  # answered() counted it as a hit; no run: no error
 
 
-def _ended(stats: Stats, began: float, error: BaseException | None) -> None:
-    """One run of the function through a backend ended (counted and timed, O1)."""
-    timer = _observe.run_timer
-    if timer is not None:
-        timer(stats, time.perf_counter() - began)
-    if error is None:
-        next(stats.ran_ok)
-    elif isinstance(error, asyncio.CancelledError):
-        next(stats.ran_cancelled)
-    else:
-        next(stats.ran_errors)
+class _Run:
+    """One run of the function through a backend, counted and timed as it ends (O1)."""
+
+    __slots__ = ("began", "stats")
+
+    def __init__(self, stats: Stats) -> None:
+        self.stats = stats
+
+    def __enter__(self) -> None:
+        self.began = time.perf_counter()
+
+    def __exit__(self, kind: object, error: BaseException | None, tb: object) -> None:
+        stats = self.stats
+        timer = _observe.run_timer
+        if timer is not None:
+            timer(stats, time.perf_counter() - self.began)
+        if error is None:
+            next(stats.ran_ok)
+        elif isinstance(error, asyncio.CancelledError):
+            next(stats.ran_cancelled)
+        else:
+            next(stats.ran_errors)
 
 
 def _counted(stats: Stats, compute: Callable[[], Any]) -> Callable[[], Any]:
     """``compute``, counting and timing each run of it (a backend runs it, or not)."""
 
     def run() -> Any:
-        began = time.perf_counter()
-        try:
-            value = compute()
-        except BaseException as exc:
-            _ended(stats, began, exc)
-            raise
-        _ended(stats, began, None)
-        return value
+        with _Run(stats):
+            return compute()
 
     return run
 
@@ -715,14 +720,8 @@ def _acounted(stats: Stats, compute: Callable[[], Any]) -> Callable[[], Any]:
     """:func:`_counted` for ``async def`` functions."""
 
     async def run() -> Any:
-        began = time.perf_counter()
-        try:
-            value = await compute()
-        except BaseException as exc:
-            _ended(stats, began, exc)
-            raise
-        _ended(stats, began, None)
-        return value
+        with _Run(stats):
+            return await compute()
 
     return run
 

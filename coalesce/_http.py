@@ -25,7 +25,7 @@ from typing import Any, ClassVar, Final, Generic, NoReturn, Self, TypeVar, cast
 
 from . import _observe
 from ._backend import Backend, Fleet, bind_async, bind_sync, check_backend, takes_fleet
-from ._decorator import CacheInfo
+from ._decorator import CacheInfo, StatsTally
 from ._errors import RemoteError
 from ._flight import Stats
 from ._seconds import seconds
@@ -644,16 +644,18 @@ def metric_name(owner: str, app: object) -> str:
     return f"{protocol}:{name}"
 
 
-class _FleetTally:
+class _FleetTally(StatsTally):
     """What the backend tells ``cache_info()`` of the calls it answered (R10's Tally):
     a response read from the backend is a hit, one that waited on another process's
-    downstream call a miss that coalesced."""
+    downstream call a miss that coalesced. Refreshes, runs and their ends step the
+    group's counters as for a decorated function; there is no ``error_ttl=`` here, and
+    a background refresh's failure is logged by the backend."""
 
-    __slots__ = ("hits", "lock", "stats", "waits")
+    __slots__ = ("hits", "lock", "waits")
 
     def __init__(self, stats: Stats) -> None:
+        super().__init__(stats)
         self.lock = threading.Lock()
-        self.stats = stats
         self.hits = 0
         self.waits = 0
 
@@ -667,21 +669,6 @@ class _FleetTally:
 
     def stale(self) -> None:
         pass  # a stale serve from the backend: counted as a hit already
-
-    def refreshed(self) -> None:
-        next(self.stats.refreshes)
-
-    def running(self) -> None:
-        next(self.stats.started)
-
-    def settled(self) -> None:
-        next(self.stats.ended)
-
-    def failed(self) -> None:
-        pass  # a background refresh's failure: logged by the backend
-
-    def kept(self) -> None:
-        pass  # no error_ttl= on the middleware
 
 
 class Middleware(Generic[App, Request, H]):
