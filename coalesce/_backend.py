@@ -60,6 +60,8 @@ __all__ = (
     "Backend",
     "Binding",
     "CountsTakeovers",
+    "DatesAsyncValues",
+    "DatesValues",
     "Fleet",
     "Tally",
     "bind_async",
@@ -216,6 +218,33 @@ class CountsTakeovers(Protocol):
 
     def count_takeovers(self, tick: Callable[[], object], /) -> None:
         """Call ``tick()`` from now on, once each time a caller takes a lease over."""
+        ...
+
+
+@runtime_checkable
+class DatesValues(Protocol):
+    """Optional, for a :class:`Binding`: it says how long the value it returns stays fresh.
+
+    With ``local_ttl`` the decorator then calls ``call_fresh`` instead of ``call`` and
+    keeps its local copy for ``min(local_ttl, fresh_for)`` seconds, so a copy never
+    outlives the value it copies (R8); ``fresh_for <= 0`` (a stale value, one the
+    store keeps for no time) keeps no copy. A binding without it has each copy kept
+    for ``local_ttl``.
+    """
+
+    def call_fresh(self, key: Hashable, compute: Callable[[], R], /) -> tuple[R, float]:
+        """``call(key, compute)`` and the seconds from now its value stays fresh."""
+        ...
+
+
+@runtime_checkable
+class DatesAsyncValues(Protocol):
+    """:class:`DatesValues` for an :class:`AsyncBinding`."""
+
+    async def acall_fresh(
+        self, key: Hashable, compute: Callable[[], Awaitable[R]], /
+    ) -> tuple[R, float]:
+        """``acall(key, compute)`` and the seconds from now its value stays fresh."""
         ...
 
 

@@ -35,6 +35,8 @@ from ._backend import (
     Backend,
     Binding,
     CountsTakeovers,
+    DatesAsyncValues,
+    DatesValues,
     Fleet,
     bind_async,
     bind_sync,
@@ -47,7 +49,7 @@ from ._flight import AsyncGroup, Group, Stats
 from ._keys import check_key_callable, plan_key, qualname, unhashed
 from ._pinned import callable, getattr, hash, isinstance, iter, next
 from ._seconds import seconds
-from ._store import MappingStore, Store, TTLStore, TTLView
+from ._store import LocalCopies, MappingStore, Store, TTLStore, TTLView
 
 __all__ = (
     "AsyncSingleflightFunction",
@@ -597,17 +599,25 @@ def _build(func: Callable[..., Any], options: _Options) -> Any:
             counts.runs = True  # executions are counted where the function runs
         if is_async:
             abound = bind_async(backend, func, name=options.name or name, ttl=ttl, fleet=fleet)
-            run = _through_async_binding(func, abound, counts)
         else:
             bound = bind_sync(backend, func, name=options.name or name, ttl=ttl, fleet=fleet)
-            run = _through_binding(func, bound, counts)
         binding = abound if bound is None else bound
         if isinstance(binding, CountsTakeovers):
             binding.count_takeovers(group._stats.takeovers.__next__)  # O1
         local_ttl = backend.local_ttl
         if local_ttl is not None:
             local_ttl = seconds("local_ttl", local_ttl, none_is_off=True)
-        store = TTLStore(local_ttl, options.maxsize, name=name) if local_ttl else None
+        if not local_ttl:
+            store = None
+        elif isinstance(binding, DatesAsyncValues if is_async else DatesValues):
+            store = LocalCopies(local_ttl, options.maxsize, name=name)  # dated copies (R8)
+        else:
+            store = TTLStore(local_ttl, options.maxsize, name=name)
+        run = (
+            _through_binding(func, bound, counts, store)
+            if bound is not None
+            else _through_async_binding(func, cast(AsyncBinding, abound), counts, store)
+        )
         keyed = True
     elif options.cache is not None:
         store = MappingStore(options.cache, name=name, cache_if=options.fresh.cache_if)
@@ -727,13 +737,28 @@ def _acounted(stats: Stats, compute: Callable[[], Any]) -> Callable[[], Any]:
 
 
 def _through_binding(
-    func: Callable[..., Any], bound: Binding, stats: Stats | None
+    func: Callable[..., Any], bound: Binding, stats: Stats | None, store: Store | None
 ) -> Callable[..., Any]:
     """The execution when a backend coordinates processes: it goes through ``bound``.
 
     With ``stats`` (a backend that reports what it did), each run of ``func`` is
-    counted there, as it runs.
+    counted there, as it runs. With :class:`LocalCopies` (``local_ttl``, a binding that
+    dates its values), it notes how long the value stays fresh for the save that
+    follows (R8).
     """
+    if isinstance(store, LocalCopies) and isinstance(bound, DatesValues):
+        dated = bound
+        copies = store
+
+        def run_dated(key: Hashable, *args: Any, **kwargs: Any) -> Any:
+            compute = functools.partial(func, *args, **kwargs)
+            value, fresh_for = dated.call_fresh(
+                unhashed(key), compute if stats is None else _counted(stats, compute)
+            )
+            copies.note(key, value, fresh_for)
+            return value
+
+        return run_dated
 
     def run(key: Hashable, *args: Any, **kwargs: Any) -> Any:
         compute = functools.partial(func, *args, **kwargs)
@@ -743,9 +768,22 @@ def _through_binding(
 
 
 def _through_async_binding(
-    func: Callable[..., Any], bound: AsyncBinding, stats: Stats | None
+    func: Callable[..., Any], bound: AsyncBinding, stats: Stats | None, store: Store | None
 ) -> Callable[..., Any]:
     """:func:`_through_binding` for ``async def`` functions."""
+    if isinstance(store, LocalCopies) and isinstance(bound, DatesAsyncValues):
+        dated = bound
+        copies = store
+
+        async def run_dated(key: Hashable, *args: Any, **kwargs: Any) -> Any:
+            compute = functools.partial(func, *args, **kwargs)
+            value, fresh_for = await dated.acall_fresh(
+                unhashed(key), compute if stats is None else _acounted(stats, compute)
+            )
+            copies.note(key, value, fresh_for)
+            return value
+
+        return run_dated
 
     async def run(key: Hashable, *args: Any, **kwargs: Any) -> Any:
         compute = functools.partial(func, *args, **kwargs)

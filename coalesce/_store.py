@@ -50,6 +50,7 @@ __all__ = (
     "VALUE",
     "CachedError",
     "Entry",
+    "LocalCopies",
     "MappingStore",
     "Store",
     "TTLStore",
@@ -149,6 +150,7 @@ class TTLStore:
         "stale",
         "stale_if_error",
         "ttl",
+        "varies",
     )
 
     def __init__(
@@ -175,6 +177,7 @@ class TTLStore:
         self.marks = 0
         self.errors: dict[Hashable, tuple[BaseException, float, float, TracebackType | None]] = {}
         self.ttl = ttl
+        self.varies = callable(ttl)  # lifetimes differ per result (see save)
         self.maxsize = maxsize
         self.name = name
         self.stale = stale
@@ -247,6 +250,10 @@ class TTLStore:
             return ttl
         return returned(f"the ttl callable of {self.name}()", ttl(value))
 
+    def _lifetime_of(self, key: Hashable, value: Any) -> float:
+        """How long ``value``, stored for ``key`` now, stays fresh."""
+        return self._lifetime(value)
+
     def save(self, key: Hashable, value: Any, started: float = 0.0, flight: Any = None) -> None:
         """Keep ``value`` for its ttl; ``started`` is when computing it began (or 0).
 
@@ -257,7 +264,7 @@ class TTLStore:
         if self.cache_if is not None and not self.cache_if(value):
             self.unmark(key)
             return
-        ttl = self._lifetime(value)
+        ttl = self._lifetime_of(key, value)
         if ttl <= 0:
             self.unmark(key)
             return
@@ -282,7 +289,7 @@ class TTLStore:
             order[key] = entry
             if self.errors:
                 self.errors.pop(key, None)
-            if callable(self.ttl) and maxsize is not None and len(data) - self.marks > maxsize:
+            if self.varies and maxsize is not None and len(data) - self.marks > maxsize:
                 # Lifetimes differ per result, so what was stored first need not end
                 # first: drop every entry past its windows before evicting a live one.
                 self._drop_expired(mono, wall)
@@ -427,6 +434,44 @@ class TTLStore:
 
     def maxsize_info(self) -> int | None:
         return self.maxsize
+
+
+class LocalCopies(TTLStore):
+    """Copies of a backend's values kept in the process (R8), each no longer than
+    ``local_ttl`` nor than the value it copies stays fresh.
+
+    A backend's binding tells that freshness with each value (``call_fresh``); the
+    decorator's execution notes it here (:meth:`note`) before it returns, and the save
+    that follows reads it back. A value that is stale, or that the backend keeps for
+    no time, gets no copy. A value written through ``f.cache`` (no note) lives
+    ``local_ttl``.
+    """
+
+    __slots__ = ("local_ttl", "notes")
+
+    def __init__(self, local_ttl: float, maxsize: int | None, *, name: str = "") -> None:
+        super().__init__(local_ttl, maxsize, name=name)
+        self.local_ttl = local_ttl
+        self.varies = True
+        # key -> (value, seconds fresh): set by an execution, taken by its save.
+        self.notes: dict[Hashable, tuple[Any, float]] = {}
+
+    def note(self, key: Hashable, value: Any, fresh_for: float) -> None:
+        """``value``, about to be stored for ``key``, stays fresh ``fresh_for`` seconds."""
+        self.notes[key] = (value, fresh_for)
+
+    def _lifetime_of(self, key: Hashable, value: Any) -> float:
+        noted = self.notes.pop(key, None)
+        local_ttl = self.local_ttl
+        if noted is None:
+            return local_ttl
+        # Another event loop's execution of the same key may have noted in between:
+        # its note is not about this value, so this one gets no copy.
+        return min(local_ttl, noted[1]) if noted[0] is value else 0.0
+
+    def unmark(self, key: Hashable) -> None:
+        self.notes.pop(key, None)  # the execution stored nothing: nor is its note read
+        super().unmark(key)
 
 
 def xfetch_gap(delta: float, beta: float) -> float:

@@ -399,6 +399,17 @@ _GONE: Final = 4
 _NONE: Final[Any] = object()  # no old value to fall back on
 
 
+class _Copy:
+    """How long a local copy of the value one call returns may serve it (R8): the
+    seconds that value stays fresh, from when it was read or computed; 0 or less
+    (stale, kept for no time, or not known): no copy."""
+
+    __slots__ = ("fresh_for",)
+
+    def __init__(self) -> None:
+        self.fresh_for = 0.0
+
+
 class _Ran:
     """What a ``_Run`` step sends back: the value, or the ``Exception`` it raised, and
     whether the lease's renewal found the lease lost meanwhile (it logged that)."""
@@ -798,11 +809,23 @@ class _Binding:
     def _seal(self, vkey: str, kind: bytes, body: bytes) -> bytes:
         return self.codec.seal(vkey, kind, body)
 
-    def _timed(self, vkey: str, value: Any, delta: float) -> tuple[bytes, int]:
-        """The payload of a value and how long Redis keeps it, in ms (0: not kept).
+    def _timed(
+        self, vkey: str, value: Any, delta: float, copy: _Copy | None = None
+    ) -> tuple[bytes, int]:
+        """The payload of a value and how long Redis keeps it, in ms (0: not kept);
+        ``copy`` learns how long it stays fresh.
 
         Raises what the serialiser raises.
         """
+        ttl, keep = self._lifetime(value)
+        body = timed_body(time.time(), ttl, delta, self.backend.serializer.dumps(value))
+        store_ms = max(1, math.ceil((ttl + self.fleet.keep) * 1000)) if keep else 0
+        if copy is not None:
+            copy.fresh_for = ttl if keep else 0.0
+        return self._seal(vkey, TIMED, body), store_ms
+
+    def _lifetime(self, value: Any) -> tuple[float, bool]:
+        """``(ttl, keep)`` of a value computed here: its ttl, and whether it is kept."""
         fleet = self.fleet
         lifetime = fleet.ttl
         ttl = (
@@ -810,10 +833,7 @@ class _Binding:
             if callable(lifetime)
             else lifetime
         )
-        keep = ttl > 0 and (fleet.cache_if is None or bool(fleet.cache_if(value)))
-        body = timed_body(time.time(), ttl, delta, self.backend.serializer.dumps(value))
-        store_ms = max(1, math.ceil((ttl + fleet.keep) * 1000)) if keep else 0
-        return self._seal(vkey, TIMED, body), store_ms
+        return ttl, ttl > 0 and (fleet.cache_if is None or bool(fleet.cache_if(value)))
 
     def _judge(self, born: float, ttl: float, delta: float) -> int:
         """What a value stored at ``born`` (wall clock) is now, by this process's clock."""
@@ -829,10 +849,13 @@ class _Binding:
             return _RESCUE
         return _GONE
 
-    def _opened(self, vkey: str, payload: bytes) -> tuple[bytes, Any, int]:
+    def _opened(
+        self, vkey: str, payload: bytes, copy: _Copy | None = None
+    ) -> tuple[bytes, Any, int]:
         """``(kind, value, verdict)`` of a payload; kind ``b""`` if it is unusable.
 
-        For an :data:`ERROR` the value is the body.
+        For an :data:`ERROR` the value is the body. ``copy`` learns how long a value
+        stays fresh (by its store time and ttl, R8).
         """
         opened = self.codec.open(vkey, payload)
         if opened is None:
@@ -844,6 +867,8 @@ class _Binding:
                 _log.warning("coalesce: %s holds a malformed value; ignoring it", vkey)
                 return b"", None, _GONE
             born, ttl, delta, data = timed
+            if copy is not None:
+                copy.fresh_for = born + ttl - time.time()
             found, value = self.codec.load(vkey, data)
             return (TIMED, value, self._judge(born, ttl, delta)) if found else (b"", None, _GONE)
         if kind == VALUE:
@@ -876,14 +901,19 @@ class _Binding:
 
     # -- the protocol, I/O-free: it yields steps and the drivers carry them out
 
-    def flight(self, key: Hashable) -> Generator[_Step, Any, Any]:
-        """One call for ``key``: return its value or raise, one step at a time."""
+    def flight(self, key: Hashable, copy: _Copy | None = None) -> Generator[_Step, Any, Any]:
+        """One call for ``key``: return its value or raise, one step at a time.
+
+        ``copy`` learns how long the value returned stays fresh (R8): what its ttl has
+        left when read from Redis or from another process's leader, its ttl when
+        computed here, nothing when it is stale or served instead of a failure.
+        """
         vkey = self.redis_key(key)
         lkey = f"{vkey}:lease"
         backend = self.backend
         tally = self.tally
         if not backend._redis_usable():
-            return (yield from self._local(vkey, lkey, None))
+            return (yield from self._local(vkey, lkey, None, copy))
         token = secrets.token_hex(16)
         deadline = time.monotonic() + backend.wait_timeout
         skip_value = False
@@ -894,13 +924,13 @@ class _Binding:
                 reply = yield _Acquire(vkey, lkey, token, skip_value)
             except _FAILURES as exc:
                 backend._failed(exc, self.name)
-                return (yield from self._local(vkey, lkey, None))
+                return (yield from self._local(vkey, lkey, None, copy))
             backend._answered()
             skip_value = False
             state = int(reply[0])
             if state == 1:  # a value is there: judge it by its store time (R10)
                 payload = bytes(reply[1])
-                kind, value, verdict = self._opened(vkey, payload)
+                kind, value, verdict = self._opened(vkey, payload, copy)
                 if kind == ERROR and time.time() < error_kept_until(value):  # error_ttl (F4)
                     tally.hit()
                     tally.kept()
@@ -924,7 +954,11 @@ class _Binding:
                 if waited:
                     self._tick()  # the leader it waited on died or gave up (R4)
                 gen = bytes(reply[1])
-                return (yield from self._lead(vkey, lkey, token, gen, rescue, background=False))
+                return (
+                    yield from self._lead(
+                        vkey, lkey, token, gen, rescue, background=False, copy=copy
+                    )
+                )
             waited = True
             # Another process leads: wait for its outcome on the flight's own list, no
             # longer than its lease has left (it may have died) or our deadline.
@@ -938,7 +972,7 @@ class _Binding:
                     reprlib.repr(key),
                     backend.wait_timeout,
                 )
-                return (yield from self._local(vkey, lkey, bytes(reply[3])))
+                return (yield from self._local(vkey, lkey, bytes(reply[3]), copy))
             lease_ms = int(reply[2])
             if lease_ms < 0:  # a lease without expiry was not set by coalesce: bound the wait
                 lease_ms = self._lease_ms()
@@ -948,10 +982,10 @@ class _Binding:
                 item = yield _Block(done_key, max(block, 0.001))
             except _FAILURES as exc:
                 backend._failed(exc, self.name)
-                return (yield from self._local(vkey, lkey, None))
+                return (yield from self._local(vkey, lkey, None, copy))
             if item is None:
                 continue  # the lease ran out, or was renewed: look again
-            kind, value, _verdict = self._opened(vkey, bytes(item))
+            kind, value, _verdict = self._opened(vkey, bytes(item), copy)
             if kind in (VALUE, TIMED):
                 tally.waited()
                 return value
@@ -963,7 +997,7 @@ class _Binding:
                     return rescue
                 raise error
             if kind == LOCAL:
-                return (yield from self._local(vkey, lkey, None))
+                return (yield from self._local(vkey, lkey, None, copy))
             if kind == RETRY:
                 continue  # the leader aborted and freed its lease: look again
             # Not usable (forged, or unreadable): remove it, or every pop would return it
@@ -972,7 +1006,7 @@ class _Binding:
                 yield _Discard(done_key, bytes(item))
             except _FAILURES as exc:
                 backend._failed(exc, self.name)
-                return (yield from self._local(vkey, lkey, None))
+                return (yield from self._local(vkey, lkey, None, copy))
 
     def refresh(self, key: Hashable, old: Any, found: str) -> Generator[_Step, Any, None]:
         """A background refresh (R10): take the key's lease, or leave it to its holder."""
@@ -999,6 +1033,7 @@ class _Binding:
         rescue: Any,
         *,
         background: bool,
+        copy: _Copy | None = None,
     ) -> Generator[_Step, Any, Any]:
         backend = self.backend
         started = time.monotonic()
@@ -1049,7 +1084,7 @@ class _Binding:
             raise error
         value = ran.value
         try:
-            payload, store_ms = self._timed(vkey, value, delta)
+            payload, store_ms = self._timed(vkey, value, delta, copy)
         except Exception as exc:
             _log.warning(
                 "coalesce: the result of %s could not be serialised with %r (%s: %s); it is "
@@ -1073,15 +1108,23 @@ class _Binding:
             self._check_held(finished, ran)
         return value
 
-    def _local(self, vkey: str, lkey: str, gen: bytes | None) -> Generator[_Step, Any, Any]:
+    def _local(
+        self, vkey: str, lkey: str, gen: bytes | None, copy: _Copy | None = None
+    ) -> Generator[_Step, Any, Any]:
         """Run the function in this process, outside any lease; store it under ``gen``."""
         started = time.monotonic()
         ran: _Ran = yield _Run(lkey, None)
         if ran.error is not None:
             raise ran.error
+        if gen is None and copy is not None:
+            try:
+                ttl, keep = self._lifetime(ran.value)
+            except Exception:
+                return ran.value  # no copy: the caller still gets its value
+            copy.fresh_for = ttl if keep else 0.0
         if gen is not None:
             try:
-                payload, store_ms = self._timed(vkey, ran.value, time.monotonic() - started)
+                payload, store_ms = self._timed(vkey, ran.value, time.monotonic() - started, copy)
             except Exception:
                 return ran.value  # nothing to share; the caller still gets its value
             if store_ms:
@@ -1233,6 +1276,11 @@ class _SyncBinding(_Binding):
         """The value for ``key``: from Redis, from a leader elsewhere, or computed here."""
         return cast(R, self._drive(self.flight(key), compute))
 
+    def call_fresh(self, key: Hashable, compute: Callable[[], R]) -> tuple[R, float]:
+        """``call()``, and the seconds its value stays fresh (coalesce.DatesValues, R8)."""
+        copy = _Copy()
+        return cast(R, self._drive(self.flight(key, copy), compute)), copy.fresh_for
+
     def _drive(self, steps: Generator[_Step, Any, Any], compute: Callable[[], Any]) -> Any:
         sent: Any = None
         error: BaseException | None = None
@@ -1376,6 +1424,13 @@ class _AsyncBinding(_Binding):
     async def acall(self, key: Hashable, compute: Callable[[], Awaitable[R]]) -> R:
         """The value for ``key``: from Redis, from a leader elsewhere, or computed here."""
         return cast(R, await self._drive(self.flight(key), compute))
+
+    async def acall_fresh(
+        self, key: Hashable, compute: Callable[[], Awaitable[R]]
+    ) -> tuple[R, float]:
+        """``acall()``, and the seconds its value stays fresh (coalesce.DatesValues, R8)."""
+        copy = _Copy()
+        return cast(R, await self._drive(self.flight(key, copy), compute)), copy.fresh_for
 
     async def _drive(
         self, steps: Generator[_Step, Any, Any], compute: Callable[[], Awaitable[Any]]

@@ -20,6 +20,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+import freezegun
 from _redis_workers import make_backend
 from freezegun import freeze_time
 
@@ -68,6 +69,12 @@ def fleet_worker(
         with send_lock:
             conn.send(message)
 
+    # Calls run in threads of their own, a few frames below the threading module's,
+    # which freezegun gives the real clock by default: freeze it there too (a local
+    # copy's expiry is read in the call's first frame, R8).
+    freezegun.configure(
+        default_ignore_list=[m for m in freezegun.config.DEFAULT_IGNORE_LIST if m != "threading"]
+    )
     clock: list[Any] = [freeze_time(_at(start_at), real_asyncio=True)]
     frozen: list[Any] = [clock[0].start()]
     mode: dict[str, Any] = {"fail": None, "hold": False, "compute": 0.0}
