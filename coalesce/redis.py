@@ -51,7 +51,11 @@ from typing import Any, Final, Literal, TypeVar, cast, final
 
 import redis
 import redis.asyncio
-from redis.exceptions import RedisClusterException, RedisError, ResponseError
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
 
 from coalesce._backend import Fleet
 from coalesce._fork import at_fork
@@ -429,6 +433,83 @@ _PREFIX: Final = re.compile(r"[A-Za-z0-9_.:/@{}\-]+")
 _URL_SCHEMES: Final = ("redis://", "rediss://", "unix://")
 _REDIS_PY_SOCKET_TIMEOUT: Final = 5.0
 
+# How long past a caller's wait_timeout Redis may take to answer one command: a pop
+# that times out at the deadline, and the look that follows it (R4). Past it, Redis is
+# taken for failing (R6) and the caller runs the function itself.
+_GRACE: Final = 1.0
+
+
+def _unanswered(bound: float, wait_timeout: float) -> RedisTimeoutError:
+    return RedisTimeoutError(
+        f"Redis did not answer within {bound:.2f}s (the caller's wait_timeout="
+        f"{wait_timeout}s, plus {_GRACE}s for Redis to answer)"
+    )
+
+
+@final
+class _Lines:
+    """The backend's own connections for the commands of ``def`` calls (R4).
+
+    Made as the client's pool makes its connections, but without retries, and every
+    reply awaited no longer than the caller may still wait (``read_response(timeout=)``);
+    a new one connects within that time too. So a stopped Redis, whatever the client's
+    socket timeout and retries, holds a caller no longer than its ``wait_timeout`` (plus
+    :data:`_GRACE`). A connection that failed is dropped; the others are reused.
+    """
+
+    __slots__ = ("_idle", "_kwargs", "_lock", "_make")
+
+    def __init__(self, client: redis.Redis) -> None:
+        pool = client.connection_pool
+        self._make: Callable[..., Any] = pool.connection_class
+        self._kwargs = {**pool.connection_kwargs, "retry": Retry(NoBackoff(), 0)}
+        self._idle: list[Any] = []
+        self._lock = threading.Lock()
+
+    def call(self, command: tuple[Any, ...], bound: float) -> Any:
+        """Send ``command`` and return its reply, raising a TimeoutError after ``bound``.
+
+        A connection kept idle that Redis has closed meanwhile (a restart, its idle
+        ``timeout``) is replaced once, at once: that is no outage.
+        """
+        with self._lock:
+            line = self._idle.pop() if self._idle else None
+        if line is not None:
+            try:
+                return self._send(line, command, bound)
+            except RedisConnectionError:
+                pass
+        line = self._make(
+            **{**self._kwargs, "socket_timeout": bound, "socket_connect_timeout": bound}
+        )
+        return self._send(line, command, bound)
+
+    def _send(self, line: Any, command: tuple[Any, ...], bound: float) -> Any:
+        try:
+            line.send_command(*command)
+            reply = line.read_response(timeout=bound)
+        except ResponseError:
+            self._keep(line)  # an error reply: the connection is fine
+            raise
+        except BaseException:
+            line.disconnect()
+            raise
+        self._keep(line)
+        return reply
+
+    def script(
+        self, script: Any, keys: tuple[Any, ...], args: tuple[Any, ...], bound: float
+    ) -> Any:
+        """``EVALSHA`` of a registered script, ``EVAL`` if Redis does not have it."""
+        try:
+            return self.call(("EVALSHA", script.sha, len(keys), *keys, *args), bound)
+        except NoScriptError:
+            return self.call(("EVAL", script.script, len(keys), *keys, *args), bound)
+
+    def _keep(self, line: Any) -> None:
+        with self._lock:
+            self._idle.append(line)
+
 
 @final
 class RedisBackend:
@@ -449,8 +530,9 @@ class RedisBackend:
         anyone who can write to that Redis run code in the process.
     :param lease_ttl: seconds a leader's lease lives unless renewed (R3); renewed every
         ``lease_ttl / 3`` while the function runs.
-    :param wait_timeout: the longest a caller waits for a leader in another process;
-        past it, it runs the function itself (R4).
+    :param wait_timeout: the longest a caller waits for a leader in another process,
+        or for Redis to answer (plus a second), whatever the client's timeouts; past
+        it, it runs the function itself (R4).
     :param local_ttl: seconds a value is also kept in the process, in front of Redis
         (R8); ``None``: not kept.
     :param on_backend_error: ``"local"``: a Redis failure runs the call in this process
@@ -464,6 +546,7 @@ class RedisBackend:
         "__weakref__",
         "_codec",
         "_down",
+        "_lines",
         "_lock",
         "_max_block",
         "_raise",
@@ -562,10 +645,17 @@ class RedisBackend:
         at_fork(self)
 
     def _after_fork(self) -> None:
-        """A fresh lock in a forked child (S14): a parent's thread may have held it."""
+        """A fresh lock in a forked child (S14): a parent's thread may have held it;
+        and connections of its own (the parent's are the parent's)."""
         self._lock = threading.Lock()
         self._down = False
         self._retry_at = 0.0
+        client = self.client
+        self._lines = (
+            _Lines(client)
+            if isinstance(client, redis.Redis) and not isinstance(client, redis.RedisCluster)
+            else None
+        )
 
     @classmethod
     def from_url(cls, url: str, *, async_client: bool = False, **options: Any) -> RedisBackend:
@@ -1284,6 +1374,9 @@ class _SyncBinding(_Binding):
     def _drive(self, steps: Generator[_Step, Any, Any], compute: Callable[[], Any]) -> Any:
         sent: Any = None
         error: BaseException | None = None
+        # Until when this caller waits on Redis (R4); a run here starts a new wait.
+        wait_timeout = self.backend.wait_timeout
+        until = time.monotonic() + wait_timeout
         while True:
             try:
                 step = steps.send(sent) if error is None else steps.throw(error)
@@ -1291,11 +1384,13 @@ class _SyncBinding(_Binding):
                 return stop.value
             sent = error = None
             try:
-                sent = self._perform(step, compute)
+                sent = self._perform(step, compute, until)
             except BaseException as exc:
                 error = exc
+            if isinstance(step, _Run):
+                until = time.monotonic() + wait_timeout
 
-    def _perform(self, step: _Step, compute: Callable[[], Any]) -> Any:
+    def _perform(self, step: _Step, compute: Callable[[], Any], until: float = math.inf) -> Any:
         if isinstance(step, _Run):
             return self._run(step, compute)
         if isinstance(step, _Spawn):
@@ -1307,7 +1402,7 @@ class _SyncBinding(_Binding):
                     daemon=True,
                 ).start()
             return None
-        return self._command(step)
+        return self._command(step, until)
 
     def _background(self, step: _Spawn, compute: Callable[[], Any]) -> None:
         try:
@@ -1339,11 +1434,20 @@ class _SyncBinding(_Binding):
         finally:
             stop.set()
 
-    def _command(self, step: _Command) -> Any:
+    def _command(self, step: _Command, until: float = math.inf) -> Any:
         script, keys, args = self._request(step)
-        if script is None:
-            return self._execute(*keys)
-        return self._answer(step, script(keys=keys, args=args))
+        lines = self.backend._lines
+        if lines is None:  # a cluster: the client routes, with its own timeouts
+            if script is None:
+                return self._execute(*keys)
+            return self._answer(step, script(keys=keys, args=args))
+        bound = max(until - time.monotonic(), 0.0) + _GRACE
+        try:
+            if script is None:
+                return lines.call(keys, bound)
+            return self._answer(step, lines.script(script, keys, args, bound))
+        except RedisTimeoutError:
+            raise _unanswered(bound, self.backend.wait_timeout) from None
 
     def _renew(
         self, lease_key: str, token: str, stop: threading.Event, lost: threading.Event
@@ -1437,6 +1541,9 @@ class _AsyncBinding(_Binding):
     ) -> Any:
         sent: Any = None
         error: BaseException | None = None
+        # Until when this caller waits on Redis (R4); a run here starts a new wait.
+        wait_timeout = self.backend.wait_timeout
+        until = time.monotonic() + wait_timeout
         while True:
             try:
                 step = steps.send(sent) if error is None else steps.throw(error)
@@ -1444,11 +1551,15 @@ class _AsyncBinding(_Binding):
                 return stop.value
             sent = error = None
             try:
-                sent = await self._perform(step, compute)
+                sent = await self._perform(step, compute, until)
             except BaseException as exc:
                 error = exc
+            if isinstance(step, _Run):
+                until = time.monotonic() + wait_timeout
 
-    async def _perform(self, step: _Step, compute: Callable[[], Awaitable[Any]]) -> Any:
+    async def _perform(
+        self, step: _Step, compute: Callable[[], Awaitable[Any]], until: float = math.inf
+    ) -> Any:
         if isinstance(step, _Run):
             return await self._run(step, compute)
         if isinstance(step, _Spawn):
@@ -1460,8 +1571,14 @@ class _AsyncBinding(_Binding):
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
             return None
+        bound = max(until - time.monotonic(), 0.0) + _GRACE
         try:
-            return await self._command(step)
+            async with asyncio.timeout(bound):  # whatever the client's timeouts (R4)
+                return await self._command(step)
+        except TimeoutError as exc:
+            if isinstance(exc, RedisError):
+                raise
+            raise _unanswered(bound, self.backend.wait_timeout) from None
         except RuntimeError as exc:
             if "loop" not in str(exc):
                 raise

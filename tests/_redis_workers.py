@@ -40,13 +40,23 @@ class Gate:
 
 
 class CountingRedis(redis.Redis):
-    """A sync client that counts the commands it sends (scripts count as one)."""
+    """A sync client that counts the commands it sends (scripts count as one).
+
+    Counted where they are sent, by its connections (``CountingConnection``): the
+    backend sends a call's commands on connections of its own, made as the client's
+    pool makes them (R4). A connection's handshake is not counted.
+    """
 
     commands = 0
 
-    def execute_command(self, *args: Any, **options: Any) -> Any:
-        type(self).commands += 1
-        return super().execute_command(*args, **options)
+
+class CountingConnection(redis.UnixDomainSocketConnection):
+    """A connection that counts, in ``CountingRedis.commands``, the commands it sends."""
+
+    def send_command(self, *args: Any, **kwargs: Any) -> None:
+        if args and args[0] not in ("CLIENT", "HELLO", "AUTH", "SELECT"):
+            CountingRedis.commands += 1
+        super().send_command(*args, **kwargs)
 
 
 class CountingRedisCluster(redis.RedisCluster):
@@ -71,7 +81,13 @@ def connect(address: str, *, is_async: bool = False, **options: Any) -> Any:
         return CountingRedisCluster(host=host, port=int(port), retry=retry, **options)
     if is_async:
         return redis.asyncio.Redis(unix_socket_path=address, retry=retry, **options)
-    return CountingRedis(unix_socket_path=address, retry=retry, **options)
+    pool = redis.ConnectionPool(
+        connection_class=CountingConnection,
+        path=address,
+        retry=retry,
+        **{"socket_timeout": 5.0, **options},
+    )
+    return CountingRedis(connection_pool=pool)
 
 
 def make_backend(socket: str, *, is_async: bool = False, **options: Any) -> RedisBackend:
