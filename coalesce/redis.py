@@ -1314,29 +1314,10 @@ class _NoTally:
 
     __slots__ = ()
 
-    def hit(self) -> None:
+    def _ignore(self) -> None:
         pass
 
-    def stale(self) -> None:
-        pass
-
-    def waited(self) -> None:
-        pass
-
-    def refreshed(self) -> None:
-        pass
-
-    def failed(self) -> None:
-        pass
-
-    def kept(self) -> None:
-        pass
-
-    def running(self) -> None:
-        pass
-
-    def settled(self) -> None:
-        pass
+    hit = stale = waited = refreshed = failed = kept = running = settled = _ignore
 
 
 _NO_TALLY: Final = _NoTally()
