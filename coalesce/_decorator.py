@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import operator
 import time
 from collections.abc import Callable, Coroutine, Hashable, MutableMapping
 from typing import (
@@ -651,6 +652,16 @@ def _build(func: Callable[..., Any], options: _Options) -> Any:
     return wrapper
 
 
+def _stepping(counter: str) -> Callable[[StatsTally], None]:
+    """A :class:`StatsTally` report that steps its ``Stats`` counter ``counter``."""
+    step = operator.attrgetter(f"stats.{counter}")
+
+    def report(self: StatsTally) -> None:
+        next(step(self))
+
+    return report
+
+
 class StatsTally:
     """What a backend reports about the calls it answered (``coalesce.Tally``, R10).
 
@@ -667,23 +678,12 @@ class StatsTally:
     def __init__(self, stats: Stats) -> None:
         self.stats = stats
 
-    def hit(self) -> None:
-        next(self.stats.answered)
-
-    def stale(self) -> None:
-        next(self.stats.answered_stale)
-
-    def waited(self) -> None:
-        next(self.stats.waited)
-
-    def refreshed(self) -> None:
-        next(self.stats.refreshes)
-
-    def running(self) -> None:
-        next(self.stats.started)
-
-    def settled(self) -> None:
-        next(self.stats.ended)
+    hit = _stepping("answered")
+    stale = _stepping("answered_stale")
+    waited = _stepping("waited")
+    refreshed = _stepping("refreshes")
+    running = _stepping("started")
+    settled = _stepping("ended")
 
     def failed(self) -> None:
         pass  # counted by _counted, in the process that ran it
