@@ -15,6 +15,7 @@ import difflib
 import hashlib
 import inspect
 import json
+import logging
 import math
 import re
 import threading
@@ -44,7 +45,9 @@ __all__ = (
     "Verdict",
     "checked_key",
     "judge",
+    "log_refresh_failed",
     "metric_name",
+    "middleware_doc",
     "reject_arguments",
 )
 
@@ -61,6 +64,49 @@ OPTION_NAMES: Final = (
     "stale",
     "backend",
 )
+
+
+def middleware_doc(*, protocol: str, request: str, refresh: str, client: str, note: str) -> str:
+    """The docstring of a ``CoalesceMiddleware``: both take the same options.
+
+    ``protocol`` is ``ASGI`` or ``WSGI``; ``request`` what ``key=`` is given; ``refresh``
+    words after "one background downstream call"; ``client`` the Redis client
+    ``backend=`` needs; ``note`` the closing paragraph.
+    """
+    return f"""Run identical concurrent HTTP requests once; every client gets the response.
+
+    :param app: the {protocol} app to wrap.
+    :param methods: the request methods that coalesce (each method its own key).
+    :param vary: request header names that join the key (any case): requests that
+        differ in them never share a response.
+    :param private: coalesce requests that carry ``Authorization``,
+        ``Proxy-Authorization`` or ``Cookie`` too, only with requests carrying the same
+        values. ``False`` (the default): such requests pass straight through.
+    :param max_body: the largest response body, in bytes, that is buffered and shared;
+        past it the first client is streamed to and the others make their own calls.
+    :param ttl: seconds to keep successful shareable responses (a micro-cache);
+        ``None`` (the default) keeps none.
+    :param maxsize: how many responses the micro-cache keeps at most.
+    :param key: ``key({request})`` returns something hashable that joins the key, or
+        ``None`` to let that request pass straight through.
+    :param stale: seconds a kept response stays usable past its lifetime: it is served
+        at once while one background downstream call{refresh}
+        refreshes it (H7); needs ``ttl=``.
+    :param backend: a :class:`coalesce.redis.RedisBackend` with a
+        {client} client: identical requests in every worker process
+        sharing that Redis run the app once, and the micro-cache lives there (H6).
+
+    {note}
+    """
+
+
+def log_refresh_failed(log: logging.Logger) -> None:
+    """Log the exception being handled: a background refresh (H7) failed."""
+    log.warning(
+        "background refresh of a stale response failed; it is served until its stale= window ends",
+        exc_info=True,
+    )
+
 
 # Request headers that say who the client is. A request carrying one is served for
 # that client alone unless private=True, where they join the key (H2).

@@ -27,7 +27,15 @@ from collections.abc import Awaitable, Callable, Hashable, MutableMapping
 from typing import Any, Final, TypeAlias
 
 from ._flight import AsyncGroup, Stats
-from ._http import CREDENTIALS, OWN_CALL, Middleware, Reply, Verdict
+from ._http import (
+    CREDENTIALS,
+    OWN_CALL,
+    Middleware,
+    Reply,
+    Verdict,
+    log_refresh_failed,
+    middleware_doc,
+)
 
 __all__ = ("CoalesceMiddleware",)
 
@@ -50,30 +58,13 @@ _Reply: TypeAlias = Reply[_Head]
 
 
 class CoalesceMiddleware(Middleware[ASGIApp, Scope, _Head]):
-    """Run identical concurrent HTTP requests once; every client gets the response.
-
-    :param app: the ASGI app to wrap.
-    :param methods: the request methods that coalesce (each method its own key).
-    :param vary: request header names that join the key (any case): requests that
-        differ in them never share a response.
-    :param private: coalesce requests that carry ``Authorization``,
-        ``Proxy-Authorization`` or ``Cookie`` too, only with requests carrying the same
-        values. ``False`` (the default): such requests pass straight through.
-    :param max_body: the largest response body, in bytes, that is buffered and shared;
-        past it the first client is streamed to and the others make their own calls.
-    :param ttl: seconds to keep successful shareable responses (a micro-cache);
-        ``None`` (the default) keeps none.
-    :param maxsize: how many responses the micro-cache keeps at most.
-    :param key: ``key(scope)`` returns something hashable that joins the key, or
-        ``None`` to let that request pass straight through.
-    :param stale: seconds a kept response stays usable past its lifetime: it is served
-        at once while one background downstream call refreshes it (H7); needs ``ttl=``.
-    :param backend: a :class:`coalesce.redis.RedisBackend` with a
-        ``redis.asyncio.Redis`` client: identical requests in every worker process
-        sharing that Redis run the app once, and the micro-cache lives there (H6).
-
-    Only ``http`` scopes coalesce; ``lifespan`` and ``websocket`` pass straight through.
-    """
+    __doc__ = middleware_doc(
+        protocol="ASGI",
+        request="scope",
+        refresh="",
+        client="``redis.asyncio.Redis``",
+        note="Only ``http`` scopes coalesce; ``lifespan`` and ``websocket`` pass straight through.",
+    )
 
     __slots__ = ("_group", "_keyed", "_tasks", "_watched")
 
@@ -240,11 +231,7 @@ class CoalesceMiddleware(Middleware[ASGIApp, Scope, _Head]):
         try:
             await self._group.do(key, self._execute, key, _detached(scope))
         except Exception:
-            _log.warning(
-                "background refresh of a stale response failed; it is served until "
-                "its stale= window ends",
-                exc_info=True,
-            )
+            log_refresh_failed(_log)
 
     def _head_out(self, head: _Head) -> tuple[int | str, list[tuple[str, str]]]:
         status, headers = head

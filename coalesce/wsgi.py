@@ -29,7 +29,15 @@ from types import TracebackType
 from typing import Any, Final, Protocol, TypeAlias
 
 from ._flight import Group, Stats
-from ._http import CREDENTIALS, OWN_CALL, Middleware, Reply, Verdict
+from ._http import (
+    CREDENTIALS,
+    OWN_CALL,
+    Middleware,
+    Reply,
+    Verdict,
+    log_refresh_failed,
+    middleware_doc,
+)
 
 __all__ = ("CoalesceMiddleware",)
 
@@ -70,32 +78,14 @@ _CREDENTIAL_KEYS: Final = (*(_environ_name(name) for name in CREDENTIALS), "REMO
 
 
 class CoalesceMiddleware(Middleware[WSGIApp, Environ, _Head]):
-    """Run identical concurrent HTTP requests once; every client gets the response.
-
-    :param app: the WSGI app to wrap.
-    :param methods: the request methods that coalesce (each method its own key).
-    :param vary: request header names that join the key (any case): requests that
-        differ in them never share a response.
-    :param private: coalesce requests that carry ``Authorization``,
-        ``Proxy-Authorization`` or ``Cookie`` too, only with requests carrying the same
-        values. ``False`` (the default): such requests pass straight through.
-    :param max_body: the largest response body, in bytes, that is buffered and shared;
-        past it the first client is streamed to and the others make their own calls.
-    :param ttl: seconds to keep successful shareable responses (a micro-cache);
-        ``None`` (the default) keeps none.
-    :param maxsize: how many responses the micro-cache keeps at most.
-    :param key: ``key(environ)`` returns something hashable that joins the key, or
-        ``None`` to let that request pass straight through.
-    :param stale: seconds a kept response stays usable past its lifetime: it is served
-        at once while one background downstream call (in a thread of its own)
-        refreshes it (H7); needs ``ttl=``.
-    :param backend: a :class:`coalesce.redis.RedisBackend` with a ``redis.Redis``
-        client: identical requests in every worker process sharing that Redis run the
-        app once, and the micro-cache lives there (H6).
-
-    Needs a threaded server (waitress, gunicorn with threads, ...): the clients of one
-    key wait in their own threads while the first one's thread runs the app.
-    """
+    __doc__ = middleware_doc(
+        protocol="WSGI",
+        request="environ",
+        refresh=" (in a thread of its own)",
+        client="``redis.Redis``",
+        note="Needs a threaded server (waitress, gunicorn with threads, ...): the clients "
+        "of one key wait in their own threads while the first one's thread runs the app.",
+    )
 
     __slots__ = ("_group", "_keyed")
 
@@ -234,11 +224,7 @@ class CoalesceMiddleware(Middleware[WSGIApp, Environ, _Head]):
         try:
             outcome = self._group.do(key, self._execute, key, leader)
         except Exception:
-            _log.warning(
-                "background refresh of a stale response failed; it is served until "
-                "its stale= window ends",
-                exc_info=True,
-            )
+            log_refresh_failed(_log)
             return
         if isinstance(outcome, _Overflow) and outcome.leader is leader:
             outcome.body.close()
