@@ -61,6 +61,21 @@ _OUTCOMES: Final = (("ok", 4), ("error", 5), ("cancelled", 6))
 _REFRESHES: Final = 7
 _TAKEOVERS: Final = 8
 _IN_FLIGHT: Final = 9
+# The counters that read one column of the totals: name, column, unit, description.
+_COLUMN_COUNTERS: Final = (
+    (
+        "coalesce.refreshes",
+        _REFRESHES,
+        "{refresh}",
+        "Background refreshes started (stale=, early=).",
+    ),
+    (
+        "coalesce.lease.takeovers",
+        _TAKEOVERS,
+        "{takeover}",
+        "Leases taken over from a leader in another process that died or gave up (Redis backend).",
+    ),
+)
 
 
 def _by_function() -> dict[str, list[int]]:
@@ -98,19 +113,10 @@ class _Instruments:
             unit="{execution}",
             description="Executions that ended, by outcome: ok, error, cancelled.",
         )
-        meter.create_observable_counter(
-            "coalesce.refreshes",
-            [self._column(_REFRESHES)],
-            unit="{refresh}",
-            description="Background refreshes started (stale=, early=).",
-        )
-        meter.create_observable_counter(
-            "coalesce.lease.takeovers",
-            [self._column(_TAKEOVERS)],
-            unit="{takeover}",
-            description="Leases taken over from a leader in another process that died or "
-            "gave up (Redis backend).",
-        )
+        for name, column, unit, description in _COLUMN_COUNTERS:
+            meter.create_observable_counter(
+                name, [self._column(column)], unit=unit, description=description
+            )
         meter.create_observable_gauge(
             "coalesce.in_flight",
             [self._column(_IN_FLIGHT)],
