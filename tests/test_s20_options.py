@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import itertools
 import operator
 import time
@@ -25,22 +26,14 @@ from freezegun import freeze_time
 from coalesce import singleflight
 from coalesce.redis import RedisBackend
 
-# One value per option; "key_fn"/"key_name" and "ttl"/"ttl_fn" are two forms of one option.
-OPTIONS = (
-    "key_fn",
-    "key_name",
-    "ttl",
-    "ttl_fn",
-    "maxsize",
-    "cache",
-    "typed",
-    "stale",
-    "early",
-    "stale_if_error",
-    "error_ttl",
-    "cache_if",
-    "backend",
-    "name",
+# One value per option, read from singleflight's signature so that a new option is
+# probed too; "key_fn"/"key_name" and "ttl"/"ttl_fn" are two forms of one option.
+FORMS = {"key": ("key_fn", "key_name"), "ttl": ("ttl", "ttl_fn")}
+OPTIONS = tuple(
+    form
+    for name, parameter in inspect.signature(singleflight).parameters.items()
+    if parameter.kind is inspect.Parameter.KEYWORD_ONLY
+    for form in FORMS.get(name, (name,))
 )
 STORES = ("none", "ttl", "cache", "backend")
 KEYWORD = {"key_fn": "key", "key_name": "key", "ttl_fn": "ttl"}
