@@ -55,6 +55,7 @@ _NO_KWARGS: Final[dict[str, Any]] = {}
 _BUILTINS: Final = {
     "_sf_next": next,
     "_sf_tuple": tuple,
+    "_sf_int": int,
     "_sf_sorted": sorted,
     "_sf_KeyError": KeyError,
     "_sf_TypeError": TypeError,
@@ -101,7 +102,11 @@ def _once(p: str, items: list[str], scalar: list[bool], *, single: bool = False)
     """
 
     def plain(item: str) -> str:
-        return f"({item}.__class__ in {p}plain or {item}.__class__.__hash__ is {p}idhash)"
+        # An int is the commonest key: it skips the set lookup (a third of the check).
+        return (
+            f"(({p}c := {item}.__class__) is {p}int or {p}c in {p}plain"
+            f" or {p}c.__hash__ is {p}idhash)"
+        )
 
     if single:
         name = items[0]
