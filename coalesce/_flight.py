@@ -401,12 +401,15 @@ def _outcome(
     return ok, value
 
 
-def _consult(store: Store, stats: Stats, key: Hashable, flight: object | None) -> tuple[Any, bool]:
+def _consult(
+    store: Store, stats: Stats, key: Hashable, flight: object | None, raises: bool = True
+) -> tuple[Any, bool]:
     """What the store answers a call that missed the lock-free lookup.
 
     ``(value, stale)``: a value to return at once (a hit; ``stale`` when it is past
     its ttl and a refresh should run behind it, F1), or ``(MISSING, False)``.
-    A kept error is raised (F4).
+    A kept error is raised (F4), unless ``raises`` is false (a batch call, which
+    hands it to its key's caller): then it is the value.
     """
     if flight is not None and not store.can_refresh:
         # A flight is running, so there is no fresh result: only a refresh (stale=,
@@ -415,7 +418,7 @@ def _consult(store: Store, stats: Stats, key: Hashable, flight: object | None) -
     value = store.lookup(key)
     if value is not MISSING:
         next(stats.hits)
-        if value.__class__ is CachedError:
+        if value.__class__ is CachedError and raises:
             # The same exception object, with the traceback it was kept with (F4).
             raise value.error.with_traceback(value.traceback)
         return value, False
@@ -554,7 +557,69 @@ class _Flight:
         self.listed = False  # in the group's registry
 
 
-class Group:
+class _Registry:
+    """What :class:`Group` and :class:`AsyncGroup` share: the flights in progress.
+
+    ``_flights`` maps a flight's key (``(loop, key)`` for asyncio) to it; every
+    removal holds ``_lock`` (see ``_unlist``), and so does every addition of threads;
+    asyncio's loop threads add without it (see :class:`AsyncGroup`).
+    """
+
+    __slots__ = ("__weakref__", "_collector", "_describe", "_flights", "_lock", "_stats")
+
+    def __init__(self) -> None:
+        self._collector: Any = None  # set by f.batch(collect=...): see _batch.py (B6)
+        self._flights: dict[Any, Any] = {}
+        self._lock = threading.Lock()
+        self._stats = Stats()
+        self._describe: Describe = _no_describe
+        at_fork(self)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} in_flight={len(self._flights)}>"
+
+    def _after_fork(self) -> None:
+        self._flights = {}
+        self._lock = threading.Lock()  # another thread may have held it at the fork
+        self._stats.after_fork()
+
+    def __len__(self) -> int:
+        """``len(group)``: how many executions are in flight now."""
+        return len(self._flights)
+
+    def _unlist(self, fkey: Hashable, flight: _Flight | _AsyncFlight, sole: bool = False) -> bool:
+        """Take ``flight`` out of the registry (locked), whatever its key does.
+
+        A compare-and-delete: a check then a delete without the lock could remove a
+        flight that was registered in between, which would let a second leader of
+        that key start (V4). False when it had left already. ``sole``: nobody can
+        list a flight for ``fkey`` meanwhile (threads list under the lock, a loop's
+        thread lists its own), so one ``pop`` serves, and one of another key that
+        is equal now goes back.
+        """
+        if not flight.listed:
+            return False
+        flight.listed = False
+        flights = self._flights
+        try:
+            if sole:
+                other = flights.pop(fkey, None)
+                if other is flight:
+                    return True
+                if other is not None:
+                    flights[fkey] = other
+            elif flights.get(fkey) is flight:
+                del flights[fkey]
+                return True
+        except Exception:
+            pass
+        # The key's __hash__ or __eq__ raised, or its hash changed since the flight
+        # was listed: find the flight by identity, so nobody ever joins it again.
+        self._flights = _unlisted(flights, flight)
+        return True
+
+
+class Group(_Registry):
     """Go's ``singleflight.Group`` for threads: one execution per key at a time.
 
     >>> group = Group()
@@ -562,23 +627,8 @@ class Group:
     42
     """
 
-    __slots__ = ("__weakref__", "_collector", "_describe", "_flights", "_lock", "_stats")
-
-    def __init__(self) -> None:
-        self._collector: Any = None  # set by f.batch(collect=...): see _batch.py (B6)
-        self._flights: dict[Hashable, _Flight] = {}
-        self._lock = threading.Lock()
-        self._stats = Stats()
-        self._describe: Describe = _no_describe
-        at_fork(self)
-
-    def __repr__(self) -> str:
-        return f"<Group in_flight={len(self._flights)}>"
-
-    def _after_fork(self) -> None:
-        self._flights = {}
-        self._lock = threading.Lock()
-        self._stats.after_fork()
+    __slots__ = ()
+    _flights: dict[Hashable, _Flight]
 
     def do(self, key: Hashable, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run ``fn(*args, **kwargs)`` unless a call for ``key`` is running; share its outcome."""
@@ -600,22 +650,6 @@ class Group:
                 flight.discard = True
                 flight.listed = False
         return flight is not None
-
-    def _unlist(self, key: Hashable, flight: _Flight) -> None:
-        """Take ``flight`` out of the registry (locked), whatever its key does."""
-        if not flight.listed:
-            return
-        flight.listed = False
-        flights = self._flights
-        try:
-            if flights.get(key) is flight:
-                del flights[key]
-                return
-        except Exception:
-            pass
-        # The key's __hash__ or __eq__ raised, or its hash changed since the flight
-        # was listed: find the flight by identity, so nobody ever joins it again.
-        self._flights = _unlisted(flights, flight)
 
     def _discard(self, key: Hashable) -> None:
         """Detach the execution in flight for ``key`` (S18), as :meth:`forget` does.
@@ -640,10 +674,6 @@ class Group:
             return key in self._flights
         except TypeError:
             return False
-
-    def __len__(self) -> int:
-        """``len(group)``: how many executions are in flight now."""
-        return len(self._flights)
 
     def _call(
         self,
@@ -823,7 +853,7 @@ class Group:
         lock = self._lock  # acquire() and release(), not ``with``: see AsyncGroup._detach
         lock.acquire()
         try:
-            self._unlist(key, flight)
+            self._unlist(key, flight, True)  # threads list flights under the lock
             waiters = flight.lock  # nobody can join once it has left the registry
         finally:
             lock.release()
@@ -910,21 +940,15 @@ class Group:
             try:
                 for key in keys:
                     flight = flights.get(key)
-                    if store is not None and (flight is None or store.can_refresh):
-                        value = store.lookup(key)
+                    if store is not None:
+                        value, stale = _consult(store, stats, key, flight, raises=False)
                         if value is not MISSING:
-                            next(stats.hits)
-                        elif store.stale:
-                            value = store.stale_value(key)
-                            if value is not MISSING:
-                                next(stats.stale)  # a hit, counted apart (see Stats)
-                                if flight is None:
-                                    flight = self._background_flight()
-                                    flights[key] = flight
-                                    flight.listed = True
-                                    self._count_background()
-                                    claim.stale.append((key, flight))
-                        if value is not MISSING:
+                            if stale and flight is None:
+                                flight = self._background_flight()
+                                flights[key] = flight
+                                flight.listed = True
+                                self._count_background()
+                                claim.stale.append((key, flight))
                             claim.hits[key] = value
                             continue
                     if flight is not None:
@@ -1127,29 +1151,25 @@ async def _awaited(awaitable: Awaitable[Any]) -> Any:
 
 
 class _AsyncFlight:
-    """One execution of one key in one event loop, and the futures of its callers."""
+    """One execution of one key in one event loop, and the futures of its callers.
 
-    __slots__ = (
-        "background",
-        "batch",
-        "began",
-        "call",
-        "discard",
-        "epoch",
-        "listed",
-        "started",
-        "state",
-        "takers",
-        "task",
-        "value",
-        "waiters",
-        "work",
-    )
+    What most flights never change is a class default, so that a flight is quick to
+    make (every miss makes one): set, it goes in the instance's ``__dict__``.
+    """
+
+    __slots__ = ("__dict__", "epoch", "listed", "state", "task", "value", "waiters", "work")
+
+    background = False  # a refresh nobody waits for (F1, F2)
+    began = 0.0  # perf_counter() at its start, while instrumented (O1)
+    started = 0.0  # when it began, for early= (F2)
+    takers = 1
+    discard = False
+    batch: _AsyncBatch | None = None  # the batch execution fetching this key (B2)
+    # How a single call of this key runs the function, kept for when the batch
+    # leaves the key out (B4): (fn, args, kwargs) of the first single call to join.
+    call: tuple[Callable[..., Awaitable[Any]], tuple[Any, ...], dict[str, Any]] | None = None
 
     def __init__(self) -> None:
-        self.background = False  # a refresh nobody waits for (F1, F2)
-        self.began = 0.0  # perf_counter() at its start, while instrumented (O1)
-        self.started = 0.0  # when it began, for early= (F2)
         # The execution's task, once made; while an eager task takes its first step
         # (3.12+) it is not made yet, and ``work``, its coroutine, tells it apart.
         self.task: asyncio.Task[Any] | None = None
@@ -1159,16 +1179,8 @@ class _AsyncFlight:
         # A caller's future -> True when that caller is a batch (section 9), which
         # takes "not found" for an answer; a single call (None) never does (B4).
         self.waiters: dict[asyncio.Future[Any], bool | None] | None = None
-        self.takers = 1
-        self.discard = False
         self.epoch = _fork.epoch  # started in this process, not in a parent (S14)
         self.listed = False  # in the group's registry
-        self.batch: _AsyncBatch | None = None  # the batch execution fetching this key (B2)
-        # How a single call of this key runs the function, kept for when the batch
-        # leaves the key out (B4): (fn, args, kwargs) of the first single call to join.
-        self.call: tuple[Callable[..., Awaitable[Any]], tuple[Any, ...], dict[str, Any]] | None = (
-            None
-        )
 
 
 class _AsyncBatch:
@@ -1192,7 +1204,7 @@ _FlightKey = tuple[asyncio.AbstractEventLoop, Hashable]
 _Outcome = tuple[Any, "_AsyncFlight | None"]
 
 
-class AsyncGroup:
+class AsyncGroup(_Registry):
     """Go's ``singleflight.Group`` for asyncio: one execution per key at a time.
 
     The execution runs apart from its callers, in a copy of the first caller's
@@ -1200,26 +1212,11 @@ class AsyncGroup:
     get flights of their own (S10).
     """
 
-    __slots__ = ("__weakref__", "_collector", "_describe", "_flights", "_lock", "_stats")
-
-    def __init__(self) -> None:
-        self._collector: Any = None  # set by f.batch(collect=...): see _batch.py (B6)
-        # Keyed by (loop, key): one flat dict, nothing to tidy when a loop goes.
-        # Only a loop's own thread adds its flights (when none is there), so adding
-        # needs no lock; removing holds ``_lock`` (see ``_detach``).
-        self._flights: dict[_FlightKey, _AsyncFlight] = {}
-        self._lock = threading.Lock()
-        self._stats = Stats()
-        self._describe: Describe = _no_describe
-        at_fork(self)
-
-    def __repr__(self) -> str:
-        return f"<AsyncGroup in_flight={len(self)}>"
-
-    def _after_fork(self) -> None:
-        self._flights = {}
-        self._lock = threading.Lock()
-        self._stats.after_fork()
+    __slots__ = ()
+    # Keyed by (loop, key): one flat dict, nothing to tidy when a loop goes.
+    # Only a loop's own thread adds its flights (when none is there), so adding
+    # needs no lock; removing holds ``_lock`` (see ``_detach``).
+    _flights: dict[_FlightKey, _AsyncFlight]
 
     async def do(
         self,
@@ -1261,28 +1258,13 @@ class AsyncGroup:
     def _detach(self, fkey: _FlightKey, flight: _AsyncFlight) -> bool:
         """Take ``flight`` out of the registry if it is still the one for ``fkey``.
 
-        A compare-and-delete under the lock: ``forget()`` may run in any thread, and
-        a check then a delete without it could remove a flight that the loop's thread
-        registered in between, which would let a second leader of that key start (V4).
+        Under the lock (``forget()`` may run in any thread): see ``_unlist``.
         (``acquire()`` and ``release()``, not ``with``: half the cost, on every miss.)
         """
         lock = self._lock
         lock.acquire()
         try:
-            if not flight.listed:
-                return False
-            flight.listed = False
-            flights = self._flights
-            try:
-                if flights.get(fkey) is flight:
-                    del flights[fkey]
-                    return True
-            except Exception:
-                pass
-            # The key's __hash__ or __eq__ raised, or its hash changed since the
-            # flight was listed: find it by identity, so nobody ever joins it again.
-            self._flights = _unlisted(flights, flight)
-            return True
+            return self._unlist(fkey, flight)
         finally:
             lock.release()
 
@@ -1310,25 +1292,11 @@ class AsyncGroup:
         with self._lock:
             for fkey, flight in list(self._flights.items()):
                 flight.discard = True
-                if not flight.listed:
-                    continue
-                flight.listed = False
-                flights = self._flights
-                try:
-                    if flights.get(fkey) is flight:
-                        del flights[fkey]
-                        continue
-                except Exception:
-                    pass
-                self._flights = _unlisted(flights, flight)  # its key is broken
+                self._unlist(fkey, flight)
 
     def __contains__(self, key: object) -> bool:
         """``key in group``: whether an execution of ``key`` is in flight, in any loop."""
         return bool(self._matching(key))
-
-    def __len__(self) -> int:
-        """``len(group)``: how many executions are in flight now."""
-        return len(self._flights)
 
     def _call(
         self,
@@ -1399,7 +1367,8 @@ class AsyncGroup:
             flight.call = (fn, args, kwargs)
             collector.add(self, loop, key, flight, store)
             return self._wait(loop, fkey, flight)
-        if _observe.timer is not None:
+        timer = _observe.timer
+        if timer is not None:
             flight.began = _time.perf_counter()
         try:
             work = fn(*args, **kwargs) if kwargs else fn(*args)  # no dict to merge
@@ -1421,14 +1390,19 @@ class AsyncGroup:
             except BaseException as exc:
                 self._end(fkey, flight, store, False, exc)
             else:
-                if store is None and _observe.timer is None and not flight.waiters:
+                if store is None and timer is None and not flight.waiters:
                     # A result kept nowhere that nobody joined (dedup only, P5): what
                     # _end and _wake would do, without their two calls.
                     next(stats.ok)
                     flight.state = _DONE
                     flight.value = value
                     flight.work = None
-                    self._detach(fkey, flight)
+                    lock = self._lock  # _detach, without its own call
+                    lock.acquire()
+                    try:
+                        self._unlist(fkey, flight, True)  # this loop's thread lists fkey
+                    finally:
+                        lock.release()
                     if flight.epoch == _fork.epoch:
                         next(stats.ended)
                     return value, flight
@@ -1601,24 +1575,18 @@ class AsyncGroup:
             for key in keys:
                 fkey = (loop, key)
                 flight = flights.get(fkey)
-                if store is not None and (flight is None or store.can_refresh):
-                    value = store.lookup(key)
+                if store is not None:
+                    value, stale = _consult(store, stats, key, flight, raises=False)
                     if value is not MISSING:
-                        next(stats.hits)
-                    elif store.stale:
-                        value = store.stale_value(key)
-                        if value is not MISSING:
-                            next(stats.stale)  # a hit, counted apart (see Stats)
-                            if flight is None:
-                                flight = _AsyncFlight()
-                                flights[fkey] = flight
-                                flight.listed = True
-                                flight.background = True
-                                flight.takers = 0
-                                next(stats.started)
-                                next(stats.refreshes)
-                                claim.stale.append((key, flight))
-                    if value is not MISSING:
+                        if stale and flight is None:
+                            flight = _AsyncFlight()
+                            flights[fkey] = flight
+                            flight.listed = True
+                            flight.background = True
+                            flight.takers = 0
+                            next(stats.started)
+                            next(stats.refreshes)
+                            claim.stale.append((key, flight))
                         claim.hits[key] = value
                         continue
                 if flight is not None:
