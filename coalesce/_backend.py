@@ -59,10 +59,12 @@ __all__ = (
     "AsyncBinding",
     "Backend",
     "Binding",
+    "Copies",
     "CountsTakeovers",
     "DatesAsyncValues",
     "DatesValues",
     "Fleet",
+    "FollowsCopies",
     "Tally",
     "bind_async",
     "bind_sync",
@@ -245,6 +247,40 @@ class DatesAsyncValues(Protocol):
         self, key: Hashable, compute: Callable[[], Awaitable[R]], /
     ) -> tuple[R, float]:
         """``acall(key, compute)`` and the seconds from now its value stays fresh."""
+        ...
+
+
+class Copies(Protocol):
+    """This process's local copies of one function's values (``local_ttl=``, R8), as the
+    decorator hands them to a binding that keeps them in step with the fleet (R12).
+
+    ``drop(key)`` removes the copy of ``key`` and detaches an execution of it in flight
+    (it answers its callers but keeps nothing), as ``invalidate()`` does in this process
+    only; ``drop_all()`` does that for every key, as ``cache_clear()`` does (the counters
+    stay); ``holds(key)``: whether a copy or an execution of ``key`` is there now;
+    ``after_fork()``: the child of ``os.fork`` drops what its parent kept (it takes no
+    lock a parent's thread may have held). Any thread may call them.
+    """
+
+    def drop(self, key: Hashable, /) -> None: ...
+    def drop_all(self) -> None: ...
+    def holds(self, key: Hashable, /) -> bool: ...
+    def after_fork(self) -> None: ...
+
+
+@runtime_checkable
+class FollowsCopies(Protocol):
+    """Optional, for a binding that keeps local copies in step with the fleet (R12).
+
+    With ``local_ttl``, the decorator calls ``follow(copies)`` once, when decorating.
+    From then on the binding drops a copy when another process invalidates or replaces
+    its value or clears the function, and keeps none while it cannot hear of that
+    (its ``call_fresh()`` then says the value stays fresh for no time, so no copy is
+    kept; see :class:`DatesValues`).
+    """
+
+    def follow(self, copies: Copies, /) -> None:
+        """Keep ``copies`` in step with what other processes do to the store."""
         ...
 
 

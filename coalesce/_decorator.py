@@ -39,6 +39,7 @@ from ._backend import (
     DatesAsyncValues,
     DatesValues,
     Fleet,
+    FollowsCopies,
     bind_async,
     bind_sync,
     check_backend,
@@ -619,6 +620,8 @@ def _build(func: Callable[..., Any], options: _Options) -> Any:
             if bound is not None
             else _through_async_binding(func, cast(AsyncBinding, abound), counts, store)
         )
+        if store is not None and isinstance(binding, FollowsCopies):
+            binding.follow(_FleetCopies(group, store))  # R12
         keyed = True
     elif options.cache is not None:
         store = MappingStore(options.cache, name=name, cache_if=options.fresh.cache_if)
@@ -660,6 +663,37 @@ def _stepping(counter: str) -> Callable[[StatsTally], None]:
         next(step(self))
 
     return report
+
+
+class _FleetCopies:
+    """A function's local copies (``local_ttl=``), for a backend that follows the fleet
+    (``coalesce.Copies``, R12): what ``invalidate()`` and ``cache_clear()`` do in this
+    process, without the backend and without resetting the counters."""
+
+    __slots__ = ("group", "store")
+
+    def __init__(self, group: Group | AsyncGroup, store: TTLStore) -> None:
+        self.group = group
+        self.store = store
+
+    def drop(self, key: Hashable) -> None:
+        self.group._discard(key)
+        self.store.invalidate(key)
+
+    def drop_all(self) -> None:
+        self.group._discard_all()
+        self.store.clear()
+
+    def holds(self, key: Hashable) -> bool:
+        try:
+            return key in self.store.data
+        except Exception:
+            return False  # a key whose __eq__ raises: the copy goes with the next prune
+
+    def after_fork(self) -> None:
+        store = self.store
+        store._after_fork()  # a lock no parent's thread holds; then nothing it kept
+        store.clear()
 
 
 class StatsTally:

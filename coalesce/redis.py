@@ -1,4 +1,4 @@
-"""Past one process: coordinate ``@singleflight`` through Redis (SPEC section 4, R1-R9).
+"""Past one process: coordinate ``@singleflight`` through Redis (SPEC section 4, R1-R14).
 
 ```python
 import redis
@@ -24,6 +24,9 @@ How one call goes (``_Binding.flight``), in Redis commands:
    the same list, so it stays there for every other follower too). Redis wakes it the
    moment the leader pushes; the pop times out no later than the lease would expire,
    so a leader that died is noticed and one follower takes over (R4).
+4. Every script that stores or drops a value also ``PUBLISH``-es its key on the
+   copies channel; with ``local_ttl``, a listener thread per backend drops this
+   process's copy of what another process changed (R12, ``_Follower``).
 
 The protocol is written once, as a generator that yields what to do next
 (``_Acquire``, ``_Block``, ``_Discard``, ``_Run``, ``_Finish``, ``_Store``); the sync driver
@@ -38,26 +41,30 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import inspect
 import logging
 import math
+import random
 import re
 import reprlib
 import secrets
 import threading
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Generator, Hashable
 from types import TracebackType
 from typing import Any, Final, Literal, TypeVar, cast, final
 
 import redis
 import redis.asyncio
+import redis.connection
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
-from coalesce._backend import Fleet
+from coalesce._backend import Copies, Fleet
 from coalesce._fork import at_fork
 from coalesce._payload import (
     DIGEST_LEN,
@@ -155,6 +162,9 @@ local function list(key)
   end
 end
 local function reply(...) return {table.concat(found, '; '), ...} end
+local function tell(channel, sender, key)
+  if channel ~= '' then redis.call('PUBLISH', channel, sender .. ' ' .. key) end
+end
 """
 
 # KEYS: value, lease, generation. ARGV: token, lease ms, "1" to skip the value (it
@@ -193,15 +203,18 @@ return reply(get(KEYS[2]) or '0')
 )
 
 # KEYS: value, lease, done list, generation. ARGV: token, outcome, done-list ms, value
-# ms (0: do not store the outcome), the generation read when the execution began.
-# Stores only if no invalidate() came since (R11); releases the lease only if ARGV[1]
-# still holds it. Replies {stored, held}: 1 if it stored, 1 if it still held the lease.
+# ms (0: do not store the outcome), the generation read when the execution began, the
+# copies channel and this process's sender id (R12: a stored value is told to the other
+# processes, whose local copies of it go). Stores only if no invalidate() came since
+# (R11); releases the lease only if ARGV[1] still holds it. Replies {stored, held}: 1 if
+# it stored, 1 if it still held the lease.
 _FINISH: Final = (
     _CHECKED
     + """
 local stored = 0
 if ARGV[4] ~= '0' and (get(KEYS[4]) or '0') == ARGV[5] then
   redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[4])
+  tell(ARGV[6], ARGV[7], KEYS[1])
   stored = 1
 end
 list(KEYS[3])
@@ -216,23 +229,27 @@ return reply(stored, held)
 """
 )
 
-# KEYS: value, generation. ARGV: payload, value ms, generation read at the start. A
-# value computed outside any lease (after wait_timeout), stored unless invalidated.
+# KEYS: value, generation. ARGV: payload, value ms, generation read at the start, the
+# copies channel, the sender id. A value computed outside any lease (after
+# wait_timeout), stored unless invalidated.
 _PUT: Final = (
     _CHECKED
     + """
 if (get(KEYS[2]) or '0') == ARGV[3] then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  tell(ARGV[4], ARGV[5], KEYS[1])
   return reply(1)
 end
 return reply(0)
 """
 )
 
-# KEYS: value, lease, generation. ARGV: generation ms. invalidate() (R11): the value
-# and the lease go, and the generation steps, so no execution that began before
-# stores. Replies 1 if a value was there. A generation that is not a number starts
-# again at 1 (no execution read 1 from it).
+# KEYS: value, lease, generation. ARGV: generation ms, the copies channel ('': tell
+# nobody, cache_clear() tells once at the end), the sender id. invalidate() (R11): the
+# value and the lease go, and the generation steps, so no execution that began before
+# stores; the other processes drop their local copies (R12). Replies 1 if a value was
+# there. A generation that is not a number starts again at 1 (no execution read 1
+# from it).
 _DROP: Final = (
     _CHECKED
     + """
@@ -245,6 +262,7 @@ if type(stepped) == 'table' and stepped.err then
   redis.call('SET', KEYS[3], '1')
 end
 redis.call('PEXPIRE', KEYS[3], ARGV[1])
+tell(ARGV[2], ARGV[3], KEYS[1])
 return reply(had)
 """
 )
@@ -546,6 +564,7 @@ class RedisBackend:
         "__weakref__",
         "_codec",
         "_down",
+        "_follower",
         "_lines",
         "_lock",
         "_max_block",
@@ -641,12 +660,19 @@ class RedisBackend:
         self._raise = on_backend_error == "raise"
         self.outage_cooldown = seconds("outage_cooldown", outage_cooldown, zero_is_off=True)
 
-        self._after_fork()
+        # The copies channel (R12): every process publishes on it what it stores or
+        # drops, and, with local_ttl, listens to it (see _Follower).
+        follower = _Follower(client, f"{prefix}:__copies__", f"RedisBackend(prefix={prefix!r})")
+        self._follower = follower
+        weakref.finalize(self, follower.stop, 0.0)
+        self._lock = threading.Lock()
+        self._after_fork(forked=False)
         at_fork(self)
 
-    def _after_fork(self) -> None:
+    def _after_fork(self, *, forked: bool = True) -> None:
         """A fresh lock in a forked child (S14): a parent's thread may have held it;
-        and connections of its own (the parent's are the parent's)."""
+        connections of its own (the parent's are the parent's); and no local copy of
+        the parent's until the child's own copies channel is up (R12)."""
         self._lock = threading.Lock()
         self._down = False
         self._retry_at = 0.0
@@ -656,6 +682,21 @@ class RedisBackend:
             if isinstance(client, redis.Redis) and not isinstance(client, redis.RedisCluster)
             else None
         )
+        if forked:
+            self._follower.after_fork()
+
+    def close(self) -> None:
+        """Stop listening on the copies channel (R12): local copies are no longer kept.
+
+        Calls still go through Redis. Close the client yourself. Waits at most 2 s for
+        the listener thread to end.
+        """
+        follower = self._follower
+        follower.stop()
+        follower._went_down()
+
+    def _follow(self, binding: _Binding) -> None:
+        self._follower.add(binding)
 
     @classmethod
     def from_url(cls, url: str, *, async_client: bool = False, **options: Any) -> RedisBackend:
@@ -787,6 +828,280 @@ class RedisBackend:
                 _log.info("coalesce: Redis answers again; calls are shared through it")
 
 
+# ----------------------------------------------------- local copies that follow the fleet
+
+# R12: with local_ttl=, every script that stores or drops a value publishes
+# "<sender> <value key>" on the backend's copies channel, and cache_clear() publishes
+# "<sender> *<prefix:name:>" once its keys are gone. Each process listens on that
+# channel (one connection per backend, in a daemon thread, for sync and asyncio
+# clients alike) and drops its copy of the key, or all of the function's. While the
+# connection is down, no copy is served: the copies go when it breaks, none is kept
+# until it is back, and an execution that read Redis meanwhile keeps nothing (the
+# epoch it began in is gone). Classic PUBLISH reaches every node of a Redis Cluster.
+
+_POLL: Final = 0.25  # the longest the listener waits before looking at its stop flag
+# Silence is counted in polls, never read from a clock: freezegun and time-machine may
+# hold the process's clocks still (S13), and the channel must not look down for it.
+_PING_POLLS: Final = 4  # quiet polls (1 s) before the listener PINGs
+_SILENT_POLLS: Final = 12  # quiet polls (3 s) without any reply: the channel is down
+_SILENCE: Final = _SILENT_POLLS * _POLL
+_BACKOFF: Final = (0.05, 2.0)  # the first and the longest wait before reconnecting
+_LISTENER_NAME: Final = "coalesce-copies"
+# The connection options a listener takes from the backend's client; the rest (retry,
+# protocol, the client's own name, the maintenance notifications of RESP3) are its own.
+_NOT_COPIED: Final = frozenset(
+    {"retry", "protocol", "client_name", "redis_connect_func", "connection_class"}
+)
+
+
+def _connection_options(cls: type) -> set[str]:
+    """The keyword options the ``__init__`` methods of ``cls`` and its bases name."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        try:
+            names.update(inspect.signature(init).parameters)
+        except (TypeError, ValueError):
+            continue
+    return names
+
+
+class _Follower:
+    """One backend's copies channel (R12): a listener thread and the state the calls read.
+
+    ``up`` and ``epoch`` are read without a lock by every call that goes to Redis: a
+    call keeps its copy only if the channel was up when it began and the epoch has not
+    moved since (the epoch steps each time the channel goes down or comes up).
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_client",
+        "_lock",
+        "_outage",
+        "_stop",
+        "_thread",
+        "_was_up",
+        "bindings",
+        "channel",
+        "epoch",
+        "heard",
+        "label",
+        "ready",
+        "sender",
+        "settled",
+        "up",
+    )
+
+    def __init__(self, client: Any, channel: str, label: str) -> None:
+        self._client = client
+        self.channel = channel
+        self.label = label
+        self.bindings: dict[str, weakref.WeakSet[_Binding]] = {}
+        self._lock = threading.Lock()
+        self._reset()
+
+    def _reset(self) -> None:
+        self.heard = 0  # messages from other processes read (tests, benchmarks)
+        self._outage = False  # logged as down, not yet back
+        self._was_up = False
+        self.up = False
+        self.epoch = 0
+        self.sender = secrets.token_hex(8)
+        self.ready = threading.Event()  # set while the channel is up (tests, benchmarks)
+        # Set once the first connection is up or has failed: a call that comes before
+        # waits for that (once), so that a process keeps copies from its first call.
+        self.settled = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def after_fork(self) -> None:
+        """In a forked child: a new sender, no channel yet, and no copy of the parent's.
+
+        The parent's connection is left alone (closing it here would cut the parent's):
+        the child's listener opens its own on the next call through Redis.
+        """
+        self._lock = threading.Lock()
+        epoch = self.epoch
+        closed = self._stop.is_set()
+        self._reset()
+        self.epoch = epoch + 1
+        if closed:
+            self._stop.set()  # a closed backend stays closed
+        for bindings in list(self.bindings.values()):
+            for binding in list(bindings):
+                binding._held = {}
+                if binding._copies is not None:
+                    binding._copies.after_fork()
+
+    def add(self, binding: _Binding) -> None:
+        with self._lock:
+            self.bindings.setdefault(binding._head, weakref.WeakSet()).add(binding)
+        self.start()
+
+    def start(self) -> None:
+        """Start the listener if it is not running (after a fork, on the next call)."""
+        with self._lock:
+            if self._thread is not None or self._stop.is_set():
+                return
+            thread = threading.Thread(
+                target=self._run, args=(weakref.ref(self),), name=_LISTENER_NAME, daemon=True
+            )
+            self._thread = thread
+        thread.start()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Stop the listener and wait for it (at most ``timeout`` seconds)."""
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
+    # -- the listener thread
+
+    @staticmethod
+    def _run(ref: weakref.ref[_Follower]) -> None:
+        """Listen until stopped, reconnecting with a bounded backoff. Holds the
+        follower only weakly between rounds, so a backend nobody uses can go."""
+        delay = _BACKOFF[0]
+        while True:
+            follower = ref()
+            if follower is None or follower._stop.is_set():
+                return
+            stop = follower._stop
+            follower._was_up = False
+            try:
+                follower._listen()
+            except Exception as exc:
+                follower.settled.set()
+                if not follower._outage:
+                    follower._outage = True
+                    _log.warning(
+                        "coalesce: the local-copies channel of %s is down (%s: %s); local "
+                        "copies are not served until it is back (reconnecting)",
+                        follower.label,
+                        type(exc).__name__,
+                        exc,
+                    )
+            if follower._was_up:
+                delay = _BACKOFF[0]  # it was up a while: reconnect at once, then back off
+            del follower
+            if stop.wait(delay):
+                return
+            delay = min(delay * 2, _BACKOFF[1])
+
+    def _connection(self) -> Any:
+        """A new RESP2 connection of the listener's own, to the server (or a node)."""
+        client = self._client
+        if isinstance(client, redis.RedisCluster | redis.asyncio.RedisCluster):
+            # Before its first command an asyncio cluster client knows only its
+            # startup nodes; any node hears every PUBLISH.
+            nodes = (
+                client.get_primaries()
+                or client.get_nodes()
+                or list(client.nodes_manager.startup_nodes.values())
+            )
+            node = random.choice(nodes)
+            if isinstance(client, redis.RedisCluster):
+                pool = node.redis_connection.connection_pool
+                cls, options = pool.connection_class, pool.connection_kwargs
+            else:
+                cls, options = node.connection_class, node.connection_kwargs
+        else:
+            pool = client.connection_pool
+            cls, options = pool.connection_class, pool.connection_kwargs
+        # The sync class of the same name for an asyncio client's connection class.
+        sync_cls: type = redis.connection.Connection
+        for klass in cls.__mro__:
+            found = getattr(redis.connection, klass.__name__, None)
+            if isinstance(found, type) and issubclass(found, redis.connection.AbstractConnection):
+                sync_cls = found
+                break
+        accepted = _connection_options(sync_cls)
+        kwargs = {
+            k: v
+            for k, v in options.items()
+            if k in accepted and k not in _NOT_COPIED and not k.startswith(("maint_", "oss_"))
+        }
+        kwargs.update(
+            protocol=2,  # pub/sub messages as plain replies, never RESP3 push frames
+            client_name=_LISTENER_NAME,
+            retry=Retry(NoBackoff(), 0),  # a lost connection is the listener's to notice
+            socket_timeout=_SILENCE,
+        )
+        kwargs.setdefault("socket_connect_timeout", _SILENCE)
+        return sync_cls(**kwargs)
+
+    def _listen(self) -> None:
+        conn = self._connection()
+        try:
+            conn.connect()
+            conn.send_command("SUBSCRIBE", self.channel)
+            reply = conn.read_response()
+            if not (isinstance(reply, list) and reply and bytes(reply[0]) == b"subscribe"):
+                raise ConnectionError(f"SUBSCRIBE {self.channel} replied {reply!r}")
+            self._went_up()
+            quiet = 0  # polls without a reply
+            while not self._stop.is_set():
+                if conn.can_read(timeout=_POLL):
+                    reply = conn.read_response()
+                    quiet = 0
+                    if isinstance(reply, list) and reply and bytes(reply[0]) == b"message":
+                        self._told(bytes(reply[2]))
+                    continue
+                quiet += 1
+                if quiet > _SILENT_POLLS:
+                    raise TimeoutError(f"no reply to PING in {_SILENCE:g}s")
+                if quiet % _PING_POLLS == 0:
+                    conn.send_command("PING")
+        finally:
+            self._went_down()
+            conn.disconnect()
+
+    def _each(self) -> list[_Binding]:
+        with self._lock:
+            return [b for bindings in self.bindings.values() for b in list(bindings)]
+
+    def _went_up(self) -> None:
+        """Subscribed: a new epoch, so that what was read before is not kept; then copies
+        serve. (There is none to drop: going down dropped them, and a call that began
+        while down keeps none.)"""
+        self.epoch += 1
+        self.up = True
+        self._was_up = True
+        self.ready.set()
+        self.settled.set()
+        if self._outage:
+            self._outage = False
+            _log.info("coalesce: the local-copies channel of %s is back", self.label)
+
+    def _went_down(self) -> None:
+        if not self.up:
+            return
+        self.up = False  # first: a call that reads the new epoch then sees it down
+        self.ready.clear()
+        self.epoch += 1
+        for binding in self._each():
+            binding._drop_copies()
+
+    def _told(self, message: bytes) -> None:
+        """One message: ``<sender> <value key>`` or ``<sender> *<prefix:name:>``."""
+        sender, _, what = message.partition(b" ")
+        if sender.decode("ascii", "replace") == self.sender:
+            return  # this process did it: its own copies already follow
+        self.heard += 1
+        text = what.decode("utf-8", "replace")
+        if text.startswith("*"):
+            for binding in list(self.bindings.get(text[1:], ())):
+                binding._drop_copies()
+            return
+        cut = len(text) - DIGEST_LEN - (1 if text.endswith("}") else 0)
+        for binding in list(self.bindings.get(text[:cut], ())):
+            binding._drop_copy(text)
+
+
 def _about_one_key(exc: Exception) -> bool:
     """Whether ``exc`` is an error reply about one key's content, not Redis failing."""
     return isinstance(exc, ResponseError) and (
@@ -801,11 +1116,15 @@ class _Binding:
     """One decorated function's view of the backend: key names, payloads, the protocol."""
 
     __slots__ = (
+        "__weakref__",
         "_acquire",
+        "_copies",
         "_drop",
         "_extend",
         "_finish",
         "_head",
+        "_held",
+        "_held_max",
         "_put",
         "_raised",
         "_refreshing",
@@ -841,6 +1160,11 @@ class _Binding:
         self._raised: dict[str, tuple[bytes, BaseException, TracebackType | None]] = {}
         # Keys whose background refresh this process is running (at most one each).
         self._refreshing: set[str] = set()
+        # Local copies kept in step with the fleet (R12): set by follow(); the keys this
+        # process went to Redis for, by value key, so a message can name the copy to drop.
+        self._copies: Copies | None = None
+        self._held: dict[str, Hashable] = {}
+        self._held_max = _HELD_MIN
         client = backend.client
         self._acquire: Callable[..., Any] = client.register_script(_ACQUIRE)
         self._finish: Callable[..., Any] = client.register_script(_FINISH)
@@ -851,6 +1175,61 @@ class _Binding:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.backend.prefix}:{self.name} ttl={self.ttl}>"
+
+    # -- local copies that follow the fleet (R12)
+
+    def follow(self, copies: Copies) -> None:
+        """Drop this process's copies when another process invalidates, replaces or
+        clears them, and keep none while the copies channel is down (``FollowsCopies``)."""
+        self._copies = copies
+        self.backend._follow(self)
+
+    def _unsettled(self) -> threading.Event | None:
+        """The event to wait on (at most ``_SILENCE`` s) before the first call reads
+        Redis, while the channel's first connection is under way; else ``None``."""
+        follower = self.backend._follower
+        if follower._thread is None:
+            follower.start()  # a forked child's first call
+        return None if follower.settled.is_set() else follower.settled
+
+    def _copy_epoch(self, key: Hashable) -> int:
+        """Before a call goes to Redis: the epoch its copy may be kept in, or -1 (none)."""
+        follower = self.backend._follower
+        held = self._held
+        held[self.redis_key(key)] = key
+        if len(held) > self._held_max:
+            self._prune_held()
+        epoch = follower.epoch  # then up: see _Follower._went_down
+        return epoch if follower.up else -1
+
+    def _kept_for(self, copy: _Copy, epoch: int) -> float:
+        """After it: how long its copy serves; none unless the channel stayed up all
+        along (a message it may have missed, or one that comes before the copy is
+        kept, drops the execution's copy: ``Copies.drop`` detaches it)."""
+        return copy.fresh_for if self.backend._follower.epoch == epoch else 0.0
+
+    def _prune_held(self) -> None:
+        copies = self._copies
+        if copies is not None:
+            self._held = {v: k for v, k in list(self._held.items()) if copies.holds(k)}
+        self._held_max = max(_HELD_MIN, 2 * len(self._held))
+
+    def _drop_copy(self, vkey: str) -> None:
+        """Another process stored or dropped ``vkey``: drop the copy of it here."""
+        key = self._held.pop(vkey, _NONE)
+        if key is not _NONE and self._copies is not None:
+            self._copies.drop(key)
+
+    def _drop_copies(self) -> None:
+        """Drop every copy of this function here (a clear elsewhere, the channel lost)."""
+        self._held = {}
+        if self._copies is not None:
+            self._copies.drop_all()
+
+    def _telling(self, channel: bool = True) -> tuple[str, str]:
+        """The copies channel and the sender id that scripts publish with (R12)."""
+        follower = self.backend._follower
+        return (follower.channel if channel else ""), follower.sender
 
     # -- keys (R2)
 
@@ -1250,6 +1629,7 @@ class _Binding:
                 min(self._lease_ms(), _DONE_MS),
                 step.store_ms,
                 step.gen,
+                *self._telling(),
             )
             return self._finish, keys, args
         if isinstance(step, _Discard):
@@ -1257,7 +1637,8 @@ class _Binding:
         if isinstance(step, _TryLease):
             keys = (step.lease_key, f"{vkey}:gen", vkey)
             return self._try, keys, (step.token, self._lease_ms(), step.found)
-        return self._put, (vkey, f"{vkey}:gen"), (step.payload, step.store_ms, step.gen)
+        told = (step.payload, step.store_ms, step.gen, *self._telling())
+        return self._put, (vkey, f"{vkey}:gen"), told
 
     def _answer(self, step: _Command, reply: Any) -> Any:
         """A script's reply for ``step``: the list after ``found`` for ``_Acquire`` and
@@ -1277,6 +1658,16 @@ class _Binding:
                 found.decode("utf-8", "backslashreplace"),
             )
         return list(reply[1:])
+
+    @property
+    def _quiet_drop(self) -> tuple[Any, ...]:
+        """``_DROP``'s args in a cache_clear(), which tells once at the end (R12)."""
+        return (_GEN_MS, *self._telling(channel=False))
+
+    def _cleared(self) -> tuple[str, str]:
+        """The copies channel and the message a cache_clear() ends with (R12)."""
+        channel, sender = self._telling()
+        return channel, f"{sender} *{self._head}"
 
     def _drop_keys(self, vkey: str) -> tuple[str, str, str]:
         return vkey, f"{vkey}:lease", f"{vkey}:gen"
@@ -1322,6 +1713,7 @@ class _NoTally:
 
 _NO_TALLY: Final = _NoTally()
 _RAISED_MAX: Final = 1024
+_HELD_MIN: Final = 1024  # value keys remembered (R12) before pruning those without a copy
 
 
 @final
@@ -1348,9 +1740,17 @@ class _SyncBinding(_Binding):
         return cast(R, self._drive(self.flight(key), compute))
 
     def call_fresh(self, key: Hashable, compute: Callable[[], R]) -> tuple[R, float]:
-        """``call()``, and the seconds its value stays fresh (coalesce.DatesValues, R8)."""
+        """``call()``, and the seconds its value stays fresh (coalesce.DatesValues, R8);
+        0 while the copies channel is down (R12)."""
         copy = _Copy()
-        return cast(R, self._drive(self.flight(key, copy), compute)), copy.fresh_for
+        if self._copies is None:
+            return cast(R, self._drive(self.flight(key, copy), compute)), copy.fresh_for
+        unsettled = self._unsettled()
+        if unsettled is not None:
+            unsettled.wait(_SILENCE)
+        epoch = self._copy_epoch(key)
+        value = cast(R, self._drive(self.flight(key, copy), compute))
+        return value, self._kept_for(copy, epoch)
 
     def _drive(self, steps: Generator[_Step, Any, Any], compute: Callable[[], Any]) -> Any:
         sent: Any = None
@@ -1452,7 +1852,8 @@ class _SyncBinding(_Binding):
         """Delete the value and the lease of ``key`` in Redis (R11); ``True`` if a value was."""
         vkey = self.redis_key(key)
         try:
-            return bool(self._checked(self._drop(keys=self._drop_keys(vkey), args=(_GEN_MS,)))[0])
+            reply = self._drop(keys=self._drop_keys(vkey), args=(_GEN_MS, *self._telling()))
+            return bool(self._checked(reply)[0])
         except _FAILURES as exc:
             self.backend._failed(exc, self.name)
             return False
@@ -1468,6 +1869,7 @@ class _SyncBinding(_Binding):
                     if len(batch) >= 500:
                         self._drop_all(batch)
             self._drop_all(batch)
+            self.client.publish(*self._cleared())
         except _FAILURES as exc:
             self.backend._failed(exc, self.name)
 
@@ -1479,7 +1881,7 @@ class _SyncBinding(_Binding):
             if self.backend.is_cluster:
                 _drop_commands(pipe, self._drop_keys(vkey))
             else:
-                self._drop(keys=self._drop_keys(vkey), args=(_GEN_MS,), client=pipe)
+                self._drop(keys=self._drop_keys(vkey), args=self._quiet_drop, client=pipe)
         replies = pipe.execute()
         if not self.backend.is_cluster:  # the scripts' replies, with what they repaired
             for reply in replies:
@@ -1513,9 +1915,17 @@ class _AsyncBinding(_Binding):
     async def acall_fresh(
         self, key: Hashable, compute: Callable[[], Awaitable[R]]
     ) -> tuple[R, float]:
-        """``acall()``, and the seconds its value stays fresh (coalesce.DatesValues, R8)."""
+        """``acall()``, and the seconds its value stays fresh (coalesce.DatesValues, R8);
+        0 while the copies channel is down (R12)."""
         copy = _Copy()
-        return cast(R, await self._drive(self.flight(key, copy), compute)), copy.fresh_for
+        if self._copies is None:
+            return cast(R, await self._drive(self.flight(key, copy), compute)), copy.fresh_for
+        unsettled = self._unsettled()
+        if unsettled is not None:
+            await asyncio.to_thread(unsettled.wait, _SILENCE)
+        epoch = self._copy_epoch(key)
+        value = cast(R, await self._drive(self.flight(key, copy), compute))
+        return value, self._kept_for(copy, epoch)
 
     async def _drive(
         self, steps: Generator[_Step, Any, Any], compute: Callable[[], Awaitable[Any]]
@@ -1625,7 +2035,7 @@ class _AsyncBinding(_Binding):
         """Delete the value and the lease of ``key`` in Redis (R11); ``True`` if a value was."""
         vkey = self.redis_key(key)
         try:
-            reply = await self._drop(keys=self._drop_keys(vkey), args=(_GEN_MS,))
+            reply = await self._drop(keys=self._drop_keys(vkey), args=(_GEN_MS, *self._telling()))
             return bool(self._checked(reply)[0])
         except _FAILURES as exc:
             self.backend._failed(exc, self.name)
@@ -1642,6 +2052,7 @@ class _AsyncBinding(_Binding):
                     if len(batch) >= 500:
                         await self._drop_all(batch)
             await self._drop_all(batch)
+            await self.client.publish(*self._cleared())
         except _FAILURES as exc:
             self.backend._failed(exc, self.name)
 
@@ -1653,7 +2064,7 @@ class _AsyncBinding(_Binding):
             if self.backend.is_cluster:
                 _drop_commands(pipe, self._drop_keys(vkey))
             else:
-                await self._drop(keys=self._drop_keys(vkey), args=(_GEN_MS,), client=pipe)
+                await self._drop(keys=self._drop_keys(vkey), args=self._quiet_drop, client=pipe)
         replies = await pipe.execute()
         if not self.backend.is_cluster:  # the scripts' replies, with what they repaired
             for reply in replies:
