@@ -305,6 +305,38 @@ def test_r12_on_a_cluster_invalidate_and_clear_drop_local_copies(
     assert here.call(0) == worker.ask("call", 0)  # one value in the fleet
 
 
+def test_r12_on_a_cluster_no_local_copy_is_served_while_the_channel_is_down(
+    redis_cluster: Any, workers: list[Worker], here_factory: Any, kind: str
+) -> None:
+    address = cluster_address(redis_cluster)
+    worker = start(workers, address, kind)
+    here = here_factory(address, kind)
+    copy_held(worker, 1)
+    nodes = [redis_cluster.node_client(port) for port in redis_cluster.ports]
+    try:
+        for node in nodes:  # the listener may not subscribe again, on any node
+            node.acl_setuser("default", enabled=True, nopass=True, commands=["-subscribe"])
+        for node in nodes:
+            for listener in listeners(node):
+                node.client_kill_filter(_id=listener["id"])
+        assert worker.ask("down", 5.0), "the worker did not notice its channel went down"
+        assert not worker.ask("held", 1)
+        assert here.invalidate(1)
+        assert here.call(1) == "1:here"
+        assert worker.ask("call", 1) == "1:here"  # read from Redis: no copy meanwhile
+        assert not worker.ask("held", 1)
+        for node in nodes:
+            node.acl_setuser("default", enabled=True, nopass=True, commands=["+subscribe"])
+        assert worker.ask("up", 10.0), "the channel did not come back"
+        copy_held(worker, 1)
+        assert here.invalidate(1)
+        assert worker.ask("dropped", 1, 5.0)
+    finally:
+        for node in nodes:
+            node.acl_setuser("default", enabled=True, nopass=True, commands=["+@all"])
+            node.close()
+
+
 # ------------------------------------------------------------------ fork (S14)
 
 
