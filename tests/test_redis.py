@@ -1,6 +1,8 @@
-"""coalesce.redis against a real redis-server, with real worker processes (SPEC R1-R9).
+"""coalesce.redis against a real Redis, with real worker processes (SPEC R1-R9, R13, R14).
 
-Each test gets its own redis-server on a unix socket (``_redis_fixture.py``). The
+Each test runs once per target (``redis_target`` in conftest.py): a redis-server of its
+own on a unix socket, the run's Redis Cluster of 3 masters (emptied), and a
+valkey-server of its own (``_redis_fixture.py``). The
 processes that share a flight are separate processes made by ``multiprocessing``'s
 forkserver (started once, with ``_redis_workers`` and so redis-py and coalesce already
 imported, so that each worker starts in milliseconds); each makes its own client and
@@ -25,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _redis_fixture import InThread, RedisServer, redis, running_server, wait_until
+from _redis_fixture import InThread, RedisServer, RedisTarget, redis, wait_until
 from _redis_workers import (
     Boom,
     CountingRedis,
@@ -48,7 +50,13 @@ SPAWN = multiprocessing.get_context("forkserver")
 SPAWN.set_forkserver_preload(["_redis_workers"])  # not pytest's __main__
 
 
-def blocked_clients(client: redis.Redis) -> int:
+def blocked_clients(client: redis.Redis | redis.RedisCluster) -> int:
+    """Clients blocked in a command (a follower's BLMOVE): on every master of a cluster."""
+    if isinstance(client, redis.RedisCluster):
+        return sum(
+            int(node.redis_connection.info("clients")["blocked_clients"])
+            for node in client.get_primaries()
+        )
     return int(client.info("clients")["blocked_clients"])
 
 
@@ -57,7 +65,7 @@ class Fleet:
 
     def __init__(
         self,
-        server: RedisServer,
+        server: RedisTarget,
         key: Any,
         options: dict[str, Any] | None = None,
         *,
@@ -124,14 +132,13 @@ class _Release:
 
 
 @pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
-    """A redis-server of the test's own; skips if there is none (see _redis_fixture)."""
-    with running_server() as server:
-        yield server
+def redis_server(redis_target: RedisTarget) -> RedisTarget:
+    """The target of this run of the test (conftest.py): redis, cluster or valkey."""
+    return redis_target
 
 
 @pytest.fixture
-def fleet_factory(redis_server: RedisServer) -> Iterator[Callable[..., Fleet]]:
+def fleet_factory(redis_server: RedisTarget) -> Iterator[Callable[..., Fleet]]:
     """Make fleets of worker processes; every process is ended after the test."""
     fleets: list[Fleet] = []
 
@@ -146,14 +153,14 @@ def fleet_factory(redis_server: RedisServer) -> Iterator[Callable[..., Fleet]]:
 
 
 @pytest.fixture
-def client(redis_server: RedisServer) -> Iterator[redis.Redis]:
+def client(redis_server: RedisTarget) -> Iterator[redis.Redis]:
     """A sync client of the test's server, to look at and change what Redis holds."""
     connection = redis_server.client()
     yield connection
     connection.close()
 
 
-def bind_sync(server: RedisServer, **options: Any) -> Any:
+def bind_sync(server: RedisTarget, **options: Any) -> Any:
     backend = make_backend(server.socket, **options)
     return backend.bind(report, name="report", ttl=30.0, is_async=False)
 
@@ -195,7 +202,7 @@ def test_r1_async_processes_share_one_execution(
 
 
 def test_r1_value_is_kept_in_redis_for_ttl(
-    fleet_factory: Callable[..., Fleet], redis_server: RedisServer, client: redis.Redis
+    fleet_factory: Callable[..., Fleet], redis_server: RedisTarget, client: redis.Redis
 ) -> None:
     """R1: the value stays in Redis for ttl, so a later process reads it without running."""
     fleet = fleet_factory(("kept",))
@@ -212,7 +219,7 @@ def test_r1_value_is_kept_in_redis_for_ttl(
 # ------------------------------------------------------------------------------------ R2
 
 
-def test_r2_keys_are_stable_across_processes(redis_server: RedisServer) -> None:
+def test_r2_keys_are_stable_across_processes(redis_server: RedisTarget) -> None:
     """R2: two other processes (other hash seeds) compute the same namespaced key."""
     key = ("user", 42, 1.5, b"raw", None, True, ("nested", frozenset({"a", "b", "c"})))
     results: Any = SPAWN.Queue()
@@ -228,11 +235,12 @@ def test_r2_keys_are_stable_across_processes(redis_server: RedisServer) -> None:
     local = make_backend(redis_server.socket, prefix="stable")
     here = local.bind(report, name="report", ttl=1.0, is_async=False).redis_key(key)
     assert remote == [here, here]
-    assert re.fullmatch(r"stable:report:[0-9a-f]{64}", here)
+    digest = r"\{[0-9a-f]{64}\}" if redis_server.is_cluster else "[0-9a-f]{64}"  # R13
+    assert re.fullmatch(f"stable:report:{digest}", here)
 
 
 def test_r2_equal_keys_share_a_digest_and_different_keys_do_not(
-    redis_server: RedisServer,
+    redis_server: RedisTarget,
 ) -> None:
     """R2: keys equal in Python (1, 1.0, True) map alike; 1 and "1", b"a" and "a" do not."""
     bound = bind_sync(redis_server)
@@ -245,7 +253,7 @@ def test_r2_equal_keys_share_a_digest_and_different_keys_do_not(
     )
 
 
-def test_r2_name_and_prefix_namespace_the_key(redis_server: RedisServer) -> None:
+def test_r2_name_and_prefix_namespace_the_key(redis_server: RedisTarget) -> None:
     """R2: the key is prefix:name:digest, so names and prefixes never share a key."""
     backend = make_backend(redis_server.socket, prefix="app")
     one = backend.bind(report, name="one", ttl=1.0, is_async=False)
@@ -260,7 +268,7 @@ def test_r2_name_and_prefix_namespace_the_key(redis_server: RedisServer) -> None
 
 
 def test_r2_a_key_part_without_stable_encoding_is_a_type_error(
-    redis_server: RedisServer,
+    redis_server: RedisTarget,
 ) -> None:
     """R2: an object with the default repr cannot be a Redis key; the error says key=."""
     bound = bind_sync(redis_server)
@@ -273,7 +281,7 @@ def test_r2_a_key_part_without_stable_encoding_is_a_type_error(
 
 
 def test_r3_lease_has_a_random_token_and_is_renewed(
-    fleet_factory: Callable[..., Fleet], redis_server: RedisServer, client: redis.Redis
+    fleet_factory: Callable[..., Fleet], redis_server: RedisTarget, client: redis.Redis
 ) -> None:
     """R3: the leader's lease holds a random token and is renewed while it runs."""
     fleet = fleet_factory(("renewed",), {"lease_ttl": 1.0})
@@ -304,7 +312,7 @@ def test_r3_lease_has_a_random_token_and_is_renewed(
 
 
 def test_r3_lease_is_released_only_by_its_owner(
-    redis_server: RedisServer, client: redis.Redis
+    redis_server: RedisTarget, client: redis.Redis
 ) -> None:
     """R3: a leader whose lease passed to another token does not delete that lease."""
     bound = bind_sync(redis_server)
@@ -329,7 +337,7 @@ def test_r3_lease_is_released_only_by_its_owner(
     wait_until(lambda: not lease_threads(), "the renewal thread ends")
 
 
-def test_r3_each_flight_draws_a_new_token(redis_server: RedisServer, client: redis.Redis) -> None:
+def test_r3_each_flight_draws_a_new_token(redis_server: RedisTarget, client: redis.Redis) -> None:
     """R3: two flights of one key hold different lease tokens."""
     bound = bind_sync(redis_server)
     lkey = bound.redis_key(("tokens",)) + ":lease"
@@ -371,7 +379,7 @@ def test_r4_a_killed_leader_is_taken_over(
 
 def test_r4_a_caller_waits_at_most_wait_timeout(
     fleet_factory: Callable[..., Fleet],
-    redis_server: RedisServer,
+    redis_server: RedisTarget,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """R4: a caller still waiting after wait_timeout runs the function itself and logs it."""
@@ -408,7 +416,7 @@ def test_r5_followers_are_woken_by_redis_not_by_polling(
 
 
 def test_r4_a_waiting_follower_rechecks_when_the_lease_would_expire(
-    fleet_factory: Callable[..., Fleet], redis_server: RedisServer, client: redis.Redis
+    fleet_factory: Callable[..., Fleet], redis_server: RedisTarget, client: redis.Redis
 ) -> None:
     """R4: a follower's pop ends when the lease it waits on would run out, and it re-checks."""
     fleet = fleet_factory(("renewing",), {"lease_ttl": 0.6, "socket_timeout": None})
@@ -443,13 +451,18 @@ def test_r4_a_waiting_follower_rechecks_when_the_lease_would_expire(
 # ------------------------------------------------------------------------------------ R6
 
 
+# What redis-py raises for a Redis it cannot reach: a cluster client that reaches no node
+# raises RedisClusterException ("Redis Cluster cannot be connected").
+UNREACHABLE = (redis.exceptions.ConnectionError, redis.exceptions.RedisClusterException)
+
+
 def warnings_about_redis(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if "Redis failed" in r.getMessage()]
 
 
 def test_r6_server_stopped_mid_flight_then_started_again(
     fleet_factory: Callable[..., Fleet],
-    redis_server: RedisServer,
+    redis_server: RedisTarget,
     client: redis.Redis,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -479,19 +492,19 @@ def test_r6_server_stopped_mid_flight_then_started_again(
     assert len(warnings_about_redis(caplog)) == 2  # one for each outage
 
 
-def test_r6_raise_mode_raises_the_redis_error(redis_server: RedisServer) -> None:
+def test_r6_raise_mode_raises_the_redis_error(redis_server: RedisTarget) -> None:
     """R6: with on_backend_error='raise' a Redis failure raises and nothing runs."""
     bound = bind_sync(redis_server, on_backend_error="raise", outage_cooldown=60)
     redis_server.stop()
     ran = []
     for _ in range(2):  # the cooldown of "local" never turns raising into local runs
-        with pytest.raises(redis.exceptions.ConnectionError):
+        with pytest.raises(UNREACHABLE):
             bound.call(("x",), lambda: ran.append(1))
     assert ran == []
 
 
 def test_r6_outage_cooldown_skips_redis_for_a_while(
-    redis_server: RedisServer, client: redis.Redis
+    redis_server: RedisTarget, client: redis.Redis
 ) -> None:
     """R6: after a failure, calls within outage_cooldown run locally without trying Redis."""
     bound = bind_sync(redis_server, outage_cooldown=3600)
@@ -502,14 +515,14 @@ def test_r6_outage_cooldown_skips_redis_for_a_while(
     assert client.exists(bound.redis_key(("cool",))) == 0
 
 
-def test_r6_invalidate_during_an_outage_returns_false(redis_server: RedisServer) -> None:
+def test_r6_invalidate_during_an_outage_returns_false(redis_server: RedisTarget) -> None:
     """R6: invalidate() and clear() on a down Redis log and go on, or raise if asked."""
     bound = bind_sync(redis_server)
     strict = bind_sync(redis_server, on_backend_error="raise")
     redis_server.stop()
     assert bound.invalidate(("x",)) is False
     bound.clear()
-    with pytest.raises(redis.exceptions.ConnectionError):
+    with pytest.raises(UNREACHABLE):
         strict.invalidate(("x",))
 
 
@@ -519,7 +532,7 @@ KEY = b"k" * 32
 
 
 def test_r7_a_tampered_payload_is_never_deserialised(
-    redis_server: RedisServer,
+    redis_server: RedisTarget,
     client: redis.Redis,
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
@@ -542,7 +555,7 @@ def test_r7_a_tampered_payload_is_never_deserialised(
 
 
 def test_r7_unsigned_or_foreign_payloads_are_refused_with_a_key(
-    redis_server: RedisServer, client: redis.Redis, tmp_path: Path
+    redis_server: RedisTarget, client: redis.Redis, tmp_path: Path
 ) -> None:
     """R7: with signing_key, values written unsigned or under another key are misses."""
     marker = tmp_path / "deserialised"
@@ -558,7 +571,7 @@ def test_r7_unsigned_or_foreign_payloads_are_refused_with_a_key(
 
 
 def test_r7_unsigned_pickle_runs_what_redis_holds(
-    redis_server: RedisServer, client: redis.Redis, tmp_path: Path
+    redis_server: RedisTarget, client: redis.Redis, tmp_path: Path
 ) -> None:
     """R7: the documented danger: without signing, whoever writes to Redis runs code here."""
     bound = bind_sync(redis_server)
@@ -570,7 +583,7 @@ def test_r7_unsigned_pickle_runs_what_redis_holds(
 
 
 def test_r7_a_forged_outcome_is_ignored_by_a_waiting_caller(
-    redis_server: RedisServer, client: redis.Redis, tmp_path: Path
+    redis_server: RedisTarget, client: redis.Redis, tmp_path: Path
 ) -> None:
     """R7: a forged outcome pushed to a follower is refused unread and removed."""
     bound = bind_sync(redis_server, signing_key=KEY)
@@ -597,7 +610,7 @@ def test_r7_a_forged_outcome_is_ignored_by_a_waiting_caller(
     ("serializer", "value"),
     [("json", {"rows": [1, 2, 3], "name": "é"}), ("pickle", {"rows": (1, 2), "at": 1.5})],
 )
-def test_r7_serializers_round_trip(redis_server: RedisServer, serializer: str, value: Any) -> None:
+def test_r7_serializers_round_trip(redis_server: RedisTarget, serializer: str, value: Any) -> None:
     """R7: pickle and JSON values written by one backend are read by another."""
     writer = bind_sync(redis_server, serializer=serializer, signing_key=KEY)
     reader = bind_sync(redis_server, serializer=serializer, signing_key=KEY)
@@ -605,7 +618,7 @@ def test_r7_serializers_round_trip(redis_server: RedisServer, serializer: str, v
     assert reader.call(("s",), lambda: "not run") == value
 
 
-def test_r7_a_custom_serializer_is_used(redis_server: RedisServer, client: redis.Redis) -> None:
+def test_r7_a_custom_serializer_is_used(redis_server: RedisTarget, client: redis.Redis) -> None:
     """R7: any object with dumps() and loads() serialises the values."""
 
     class Upper:
@@ -623,7 +636,7 @@ def test_r7_a_custom_serializer_is_used(redis_server: RedisServer, client: redis
 
 def test_r7_an_unserialisable_result_is_returned_and_followers_run_it(
     fleet_factory: Callable[..., Fleet],
-    redis_server: RedisServer,
+    redis_server: RedisTarget,
     client: redis.Redis,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -654,7 +667,7 @@ def test_r7_an_unserialisable_result_is_returned_and_followers_run_it(
 # ------------------------------------------------------------------------------------ R8
 
 
-def test_r8_local_ttl_is_validated_and_exposed(redis_server: RedisServer) -> None:
+def test_r8_local_ttl_is_validated_and_exposed(redis_server: RedisTarget) -> None:
     """R8: local_ttl is read by the decorator: None by default, else positive seconds."""
     assert make_backend(redis_server.socket).local_ttl is None
     assert make_backend(redis_server.socket, local_ttl=2).local_ttl == 2.0
@@ -666,7 +679,7 @@ def test_r8_local_ttl_is_validated_and_exposed(redis_server: RedisServer) -> Non
 
 
 def test_r9_a_remote_leader_error_reaches_followers_as_remote_error(
-    fleet_factory: Callable[..., Fleet], redis_server: RedisServer, client: redis.Redis
+    fleet_factory: Callable[..., Fleet], redis_server: RedisTarget, client: redis.Redis
 ) -> None:
     """R9: the leader's caller gets its ValueError; a follower elsewhere gets RemoteError."""
     fleet = fleet_factory(("fails",))
@@ -685,7 +698,7 @@ def test_r9_a_remote_leader_error_reaches_followers_as_remote_error(
     assert bound.call(("fails",), lambda: "ran") == "ran"
 
 
-def test_r9_an_error_in_this_process_propagates_unchanged(redis_server: RedisServer) -> None:
+def test_r9_an_error_in_this_process_propagates_unchanged(redis_server: RedisTarget) -> None:
     """R9: the leader's own caller gets the very exception object its function raised."""
     bound = bind_sync(redis_server)
     error = KeyError("missing")
@@ -702,7 +715,7 @@ def test_r9_an_error_in_this_process_propagates_unchanged(redis_server: RedisSer
 
 
 def test_an_aborted_leader_hands_over_at_once(
-    fleet_factory: Callable[..., Fleet], redis_server: RedisServer, client: redis.Redis
+    fleet_factory: Callable[..., Fleet], redis_server: RedisTarget, client: redis.Redis
 ) -> None:
     """R4: a leader ending in KeyboardInterrupt frees its lease; a follower runs at once."""
     fleet = fleet_factory(("abort",), {"lease_ttl": 60.0, "wait_timeout": 120.0})
@@ -728,7 +741,7 @@ def test_an_aborted_leader_hands_over_at_once(
 
 
 def test_async_leader_and_follower_in_one_loop_and_another_process(
-    fleet_factory: Callable[..., Fleet], redis_server: RedisServer, client: redis.Redis
+    fleet_factory: Callable[..., Fleet], redis_server: RedisTarget, client: redis.Redis
 ) -> None:
     """R1: an async leader here shares its value with an async follower in another process."""
     fleet = fleet_factory(("mixed",), target=async_worker)
@@ -763,7 +776,7 @@ def test_async_leader_and_follower_in_one_loop_and_another_process(
 
 
 def test_async_cancelled_leader_hands_over(
-    fleet_factory: Callable[..., Fleet], redis_server: RedisServer, client: redis.Redis
+    fleet_factory: Callable[..., Fleet], redis_server: RedisTarget, client: redis.Redis
 ) -> None:
     """R4: cancelling an async leader frees its lease and a follower elsewhere runs it."""
     fleet = fleet_factory(("cancel",), {"lease_ttl": 60.0, "wait_timeout": 120.0})
@@ -814,7 +827,7 @@ def test_r1_decorated_function_runs_once_across_processes(
 
 
 def test_r2_name_overrides_the_qualified_name(
-    redis_server: RedisServer, client: redis.Redis
+    redis_server: RedisTarget, client: redis.Redis
 ) -> None:
     """R2: the Redis key holds name= when given, else the function's qualified name."""
     backend = make_backend(redis_server.socket, prefix="app")
@@ -833,7 +846,7 @@ def test_r2_name_overrides_the_qualified_name(
     assert [k.rsplit(":", 1)[0] for k in keys] == ["app:daily", f"app:{unnamed.__qualname__}"]
 
 
-def test_r8_local_ttl_serves_hot_keys_without_redis(redis_server: RedisServer) -> None:
+def test_r8_local_ttl_serves_hot_keys_without_redis(redis_server: RedisTarget) -> None:
     """R8: with local_ttl, repeated calls in a process are served without a round trip."""
     near = make_backend(redis_server.socket, local_ttl=60)
     far = make_backend(redis_server.socket)
@@ -855,7 +868,7 @@ def test_r8_local_ttl_serves_hot_keys_without_redis(redis_server: RedisServer) -
 
 
 def test_r6_an_outage_still_coalesces_in_process(
-    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+    redis_server: RedisTarget, caplog: pytest.LogCaptureFixture
 ) -> None:
     """R6: with Redis down, concurrent calls in one process still share one execution."""
     caplog.set_level(logging.WARNING, logger="coalesce.redis")
@@ -878,7 +891,7 @@ def test_r6_an_outage_still_coalesces_in_process(
     assert len(warnings_about_redis(caplog)) == 1
 
 
-def test_s10_an_async_backend_serves_a_new_loop_after_aclose(redis_server: RedisServer) -> None:
+def test_s10_an_async_backend_serves_a_new_loop_after_aclose(redis_server: RedisTarget) -> None:
     """S10: closing the client at the end of a loop lets the next asyncio.run use it."""
     backend = make_backend(redis_server.socket, is_async=True)
 
@@ -896,7 +909,7 @@ def test_s10_an_async_backend_serves_a_new_loop_after_aclose(redis_server: Redis
 
 
 def test_s10_an_async_client_of_another_loop_is_a_clear_error(
-    redis_server: RedisServer,
+    redis_server: RedisTarget,
 ) -> None:
     """S10: a redis.asyncio client still open in another loop fails with a clear error."""
     backend = make_backend(redis_server.socket, is_async=True)
@@ -921,7 +934,7 @@ def test_s10_an_async_client_of_another_loop_is_a_clear_error(
 
 
 def test_invalidate_and_clear_delete_only_this_function_values(
-    redis_server: RedisServer, client: redis.Redis
+    redis_server: RedisTarget, client: redis.Redis
 ) -> None:
     """R2: invalidate() drops one key; clear() drops this name's values via SCAN."""
     backend = make_backend(redis_server.socket, prefix="app")
@@ -940,7 +953,7 @@ def test_invalidate_and_clear_delete_only_this_function_values(
 # ---------------------------------------------------------------------------- bad input
 
 
-def test_client_kind_must_match_the_function_kind(redis_server: RedisServer) -> None:
+def test_client_kind_must_match_the_function_kind(redis_server: RedisTarget) -> None:
     """A sync client for an async def function, or the reverse, is a TypeError at bind."""
     sync_backend = make_backend(redis_server.socket)
     async_backend = make_backend(redis_server.socket, is_async=True)
@@ -950,7 +963,7 @@ def test_client_kind_must_match_the_function_kind(redis_server: RedisServer) -> 
         async_backend.bind(report, name="report", ttl=1.0, is_async=False)
 
 
-def test_bad_clients_are_refused(redis_server: RedisServer) -> None:
+def test_bad_clients_are_refused(redis_server: RedisTarget) -> None:
     """Anything but a redis-py client, or one decoding responses, is refused clearly."""
     with pytest.raises(TypeError, match=r"redis\.Redis"):
         RedisBackend("redis://localhost")  # type: ignore[arg-type]
@@ -967,13 +980,13 @@ def test_bad_urls_are_refused(url: str) -> None:
         RedisBackend.from_url(url)
 
 
-def test_from_url_builds_a_working_backend(redis_server: RedisServer) -> None:
+def test_from_url_builds_a_working_backend(redis_single: RedisServer) -> None:
     """from_url() gives a sync or, with async_client=True, an asyncio client."""
-    backend = RedisBackend.from_url(redis_server.url, prefix="u")
+    backend = RedisBackend.from_url(redis_single.url, prefix="u")
     bound = backend.bind(report, name="report", ttl=5.0, is_async=False)
     assert bound.call((1,), lambda: "via url") == "via url"
     backend.client.close()
-    assert RedisBackend.from_url(redis_server.url, async_client=True).is_async
+    assert RedisBackend.from_url(redis_single.url, async_client=True).is_async
 
 
 @pytest.mark.parametrize(
@@ -1000,14 +1013,14 @@ def test_from_url_builds_a_working_backend(redis_server: RedisServer) -> None:
     ],
 )
 def test_bad_options_are_refused(
-    redis_server: RedisServer, options: dict[str, Any], error: type[Exception], match: str
+    redis_server: RedisTarget, options: dict[str, Any], error: type[Exception], match: str
 ) -> None:
     """A bad prefix, timeout or option is an error that names it."""
     with pytest.raises(error, match=match):
         RedisBackend(redis_server.client(), **options)
 
 
-def test_bad_names_and_ttls_are_refused_at_bind(redis_server: RedisServer) -> None:
+def test_bad_names_and_ttls_are_refused_at_bind(redis_server: RedisTarget) -> None:
     """bind() refuses an empty name or a non-positive ttl."""
     backend = make_backend(redis_server.socket)
     with pytest.raises(ValueError, match="name"):
@@ -1017,31 +1030,31 @@ def test_bad_names_and_ttls_are_refused_at_bind(redis_server: RedisServer) -> No
 
 
 def test_redis_demo_shows_one_execution(
-    redis_server: RedisServer, capsys: pytest.CaptureFixture[str]
+    redis_single: RedisServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """R1: the Redis demo's processes (def and async def) run the function once."""
     from coalesce._demo_redis import run_redis_demo
 
-    run_redis_demo(redis_server.url, processes=4, work_seconds=0.2)
+    run_redis_demo(redis_single.url, processes=4, work_seconds=0.2)
     out = capsys.readouterr().out
     assert "executions: 1 for 4 calls in 4 processes" in out
     assert out.count(" yes ") == 1
 
 
-def test_redis_demo_names_an_unreachable_redis(redis_server: RedisServer) -> None:
+def test_redis_demo_names_an_unreachable_redis(redis_single: RedisServer) -> None:
     """R6: the demo says plainly which Redis it could not reach."""
     from coalesce._demo_redis import run_redis_demo
 
-    redis_server.stop()
+    redis_single.stop()
     with pytest.raises(SystemExit, match="cannot reach Redis at unix://"):
-        run_redis_demo(redis_server.url)
+        run_redis_demo(redis_single.url)
 
 
 def test_docs_redis_examples_run(
-    redis_server: RedisServer, redis_cluster: Any, monkeypatch: pytest.MonkeyPatch
+    redis_single: RedisServer, redis_cluster: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """R1: every Python example of docs/redis.md runs as written against a real Redis."""
-    monkeypatch.setenv("REDIS_URL", redis_server.url)
+    monkeypatch.setenv("REDIS_URL", redis_single.url)
     monkeypatch.setenv("REDIS_CLUSTER_URL", redis_cluster.url)  # R13's example
     text = (Path(__file__).resolve().parent.parent / "docs" / "redis.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)
@@ -1054,7 +1067,7 @@ def test_docs_redis_examples_run(
                 value.client.close()
 
 
-def test_invalidate_and_cache_clear_reach_redis(redis_server: RedisServer) -> None:
+def test_invalidate_and_cache_clear_reach_redis(redis_server: RedisTarget) -> None:
     """R1: invalidate() and cache_clear() drop the value in Redis, so the next call runs."""
     backend = make_backend(redis_server.socket)
     runs: list[int] = []
@@ -1076,7 +1089,7 @@ def test_invalidate_and_cache_clear_reach_redis(redis_server: RedisServer) -> No
     assert runs == [3, 3, 3]
 
 
-def test_ainvalidate_and_acache_clear_reach_redis(redis_server: RedisServer) -> None:
+def test_ainvalidate_and_acache_clear_reach_redis(redis_server: RedisTarget) -> None:
     """R1: with an async client, await ainvalidate()/acache_clear() drop the value in Redis."""
     backend = make_backend(redis_server.socket, is_async=True)
     runs: list[int] = []
