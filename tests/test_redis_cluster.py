@@ -3,14 +3,17 @@
 The cluster is started once for the run (``redis_cluster_session`` in conftest.py) and
 emptied before each test. Every key one call touches carries the cache key's digest as
 its hash tag, so the scripts and the followers' blocking pop stay on one slot, while the
-keys of one function spread over every master. Callers are synchronised with events and
-with what Redis reports (``blocked_clients``), never with sleeps.
+keys of one function spread over every master; a master lost mid-flight is an R6 outage.
+Callers are synchronised with events and with what Redis reports (``blocked_clients``),
+never with sleeps. The rest of the Redis suite runs on this cluster too (``redis_target``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -215,3 +218,77 @@ def test_r13_a_name_with_braces_is_refused_on_a_cluster(redis_cluster: RedisClus
         @singleflight(ttl=1, backend=backend, name="by{day}")
         def daily(day: int) -> int:
             return day
+
+
+def warnings_about_redis(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "Redis failed" in r.getMessage()]
+
+
+def caller(backend: RedisBackend, kind: str) -> tuple[Any, Callable[[Any, Any], Any]]:
+    """The binding of ``report`` (``def``) or ``areport`` (``async def``) on ``backend``,
+    and ``await call(key, value)``: one call whose function returns ``value`` (a ``def``
+    call runs in a thread, off the loop)."""
+    if kind == "sync":
+        bound = backend.bind(report, name="report", ttl=30.0, is_async=False)
+
+        async def call(key: Any, value: Any) -> Any:
+            return await asyncio.to_thread(bound.call, key, lambda: value)
+
+        return bound, call
+    abound = backend.bind(areport, name="report", ttl=30.0, is_async=True)
+
+    async def acall(key: Any, value: Any) -> Any:
+        async def compute() -> Any:
+            return value
+
+        return await abound.acall(key, compute)
+
+    return abound, acall
+
+
+def test_r6_a_master_lost_mid_flight_runs_locally_and_warns_once(
+    redis_cluster: RedisCluster, kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """R6/R13: the master of a key is killed (SIGKILL) while a caller here waits on it for a
+    leader elsewhere: the caller runs the function locally at once (never a hang), one
+    warning is logged for the outage, and once the master is back calls go through the
+    cluster again."""
+    caplog.set_level(logging.INFO, logger="coalesce.redis")
+    backend = make_backend(redis_cluster.socket, is_async=kind == "async")
+    bound, call = caller(backend, kind)
+    vkey = bound.redis_key(("lost",))
+    port = redis_cluster.port_of(vkey)
+    node = redis_cluster.node_client(port)
+    try:
+        node.set(f"{vkey}:lease", "0" * 32, px=20_000)  # a leader in another process
+    finally:
+        node.close()
+
+    async def scenario() -> None:
+        follower = asyncio.ensure_future(call(("lost",), "local"))
+        await asyncio.to_thread(
+            wait_until, lambda: redis_cluster.blocked_clients() == 1, "the caller waits there"
+        )
+        redis_cluster.kill(port)
+        assert await asyncio.wait_for(follower, 20) == "local"  # never a hang
+        assert await call(("lost",), "local again") == "local again"
+        assert len(warnings_about_redis(caplog)) == 1
+
+        await asyncio.to_thread(redis_cluster.start)  # back on its port, its slots, empty
+        assert await call(("back",), "shared") == "shared"
+        probe = redis_cluster.client()
+        try:
+            assert probe.exists(bound.redis_key(("back",))) == 1
+        finally:
+            probe.close()
+
+    async def main() -> None:
+        try:
+            await scenario()
+        finally:
+            if kind == "async":
+                await backend.client.aclose()
+
+    asyncio.run(main())
+    assert "Redis answers again" in caplog.text
+    assert len(warnings_about_redis(caplog)) == 1
