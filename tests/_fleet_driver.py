@@ -1,8 +1,8 @@
 """Drives a fleet of worker processes (``_fleet_workers.py``) from a test (R10, R11, O1).
 
-A :class:`Fleet` starts worker processes on one redis-server, each with its own
-client, backend, ``@singleflight(backend=..., name="report")`` function and frozen
-clock; a :class:`Worker` sends one process commands over its pipe and reads its
+A :class:`Fleet` starts worker processes on one Redis (a server or the cluster), each
+with its own client, backend, ``@singleflight(backend=..., name="report")`` function and
+frozen clock; a :class:`Worker` sends one process commands over its pipe and reads its
 answers and the executions it reports. Every wait is bounded.
 """
 
@@ -12,7 +12,7 @@ import multiprocessing
 from typing import Any
 
 from _fleet_workers import fleet_worker
-from _redis_fixture import RedisServer
+from _redis_fixture import RedisTarget
 
 from coalesce.redis import RedisBackend
 
@@ -89,9 +89,9 @@ class Worker:
 
 
 class Fleet:
-    """Several workers on one redis-server, and the count of executions in the fleet."""
+    """Several workers on one Redis (a server or the cluster), and the count of executions."""
 
-    def __init__(self, server: RedisServer) -> None:
+    def __init__(self, server: RedisTarget) -> None:
         self.server = server
         self.counter = SPAWN.Value("i", 0)
         self.workers: list[Worker] = []
@@ -141,7 +141,7 @@ class Fleet:
                 worker.process.join(10)
 
 
-def stored_n(server: RedisServer, fleet: Fleet, day: Any, n: int) -> bool:
+def stored_n(server: RedisTarget, fleet: Fleet, day: Any, n: int) -> bool:
     """Whether Redis holds the value of execution ``n`` for ``day`` (read by a binding)."""
     bound = RedisBackend(server.client(), prefix="fleet").bind(
         fleet_worker, name="report", ttl=1.0, is_async=False

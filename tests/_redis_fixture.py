@@ -450,3 +450,31 @@ def running_server(executable: str | None = None) -> Iterator[RedisServer]:
     finally:
         server.stop()
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def describe_targets() -> list[str]:
+    """One line per target of the Redis suite: which server and version, or why none."""
+    lines = []
+    for name, find in (("redis", find_redis_server), ("valkey", find_valkey_server)):
+        try:
+            executable = find()
+        except BaseException as exc:  # pytest's skip and fail are BaseExceptions
+            lines.append(f"{name}: could not run: {exc}")
+            continue
+        lines.append(f"{name}: {server_version(executable)} ({executable})")
+        if name == "redis":
+            try:
+                cli = find_redis_cli()
+            except BaseException as exc:
+                lines.append(f"cluster: could not run: {exc}")
+            else:
+                lines.append(
+                    f"cluster: 3 masters of {server_version(executable)}, "
+                    f"made with {server_version(cli)}"
+                )
+    lines.append(f"client: redis-py {redis.__version__}")
+    return lines
+
+
+if __name__ == "__main__":  # python tests/_redis_fixture.py: what .ci/run reports
+    print("\n".join(describe_targets()))

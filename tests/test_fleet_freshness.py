@@ -1,6 +1,7 @@
 """R10/R11: freshness and invalidation across a fleet of real processes sharing Redis.
 
-Each test starts its own redis-server (``_redis_fixture.py``) and several worker
+Each test runs once per target of conftest.py's ``redis_target`` (a redis-server of its
+own, the run's Redis Cluster of 3 masters, a valkey-server of its own) with several worker
 processes (``_fleet_workers.py``), each with its own client, backend, decorated
 function and frozen clock. The store time in Redis is read by each process's own
 wall clock (``time.time()``, which freezegun controls), so the tests say what time it
@@ -20,20 +21,19 @@ from pathlib import Path
 
 import pytest
 from _fleet_driver import T0, Fleet, Worker, stored_n
-from _redis_fixture import RedisServer, running_server, wait_until
+from _redis_fixture import RedisTarget, wait_until
 
 KINDS = pytest.mark.parametrize("is_async", [False, True], ids=["def", "async_def"])
 
 
 @pytest.fixture
-def server() -> Iterator[RedisServer]:
-    """A redis-server of the test's own."""
-    with running_server() as running:
-        yield running
+def server(redis_target: RedisTarget) -> RedisTarget:
+    """This run's target (conftest.py): a redis-server, the Redis Cluster, a valkey-server."""
+    return redis_target
 
 
 @pytest.fixture
-def fleet(server: RedisServer) -> Iterator[Fleet]:
+def fleet(server: RedisTarget) -> Iterator[Fleet]:
     """Worker processes on that server, stopped after the test."""
     made = Fleet(server)
     try:
@@ -44,7 +44,7 @@ def fleet(server: RedisServer) -> Iterator[Fleet]:
 
 @KINDS
 def test_r10_stale_served_at_once_while_one_refresh_runs_in_the_fleet(
-    fleet: Fleet, server: RedisServer, is_async: bool
+    fleet: Fleet, server: RedisTarget, is_async: bool
 ) -> None:
     """R10: past ttl, every process serves the stale value at once while ONE refresh runs in
     the whole fleet, and when it lands every process sees the new value."""
@@ -72,7 +72,7 @@ def test_r10_stale_served_at_once_while_one_refresh_runs_in_the_fleet(
 
 @KINDS
 def test_r10_value_lives_for_ttl_plus_longest_window_judged_alike(
-    fleet: Fleet, server: RedisServer, is_async: bool
+    fleet: Fleet, server: RedisTarget, is_async: bool
 ) -> None:
     """R10: the value lives in Redis for ttl + max(stale, stale_if_error) with its store time,
     so each process judges it fresh, stale or expired by that time alike."""
@@ -90,7 +90,7 @@ def test_r10_value_lives_for_ttl_plus_longest_window_judged_alike(
 
 @KINDS
 def test_r10_early_refresh_uses_the_storing_process_delta(
-    fleet: Fleet, server: RedisServer, is_async: bool
+    fleet: Fleet, server: RedisTarget, is_async: bool
 ) -> None:
     """R10: early= decides with the computation time measured by the storing process, and the
     early refresh it triggers runs once in the fleet."""
@@ -116,7 +116,7 @@ def test_r10_early_refresh_uses_the_storing_process_delta(
 
 @KINDS
 def test_r10_stale_if_error_serves_the_old_value_everywhere(
-    fleet: Fleet, server: RedisServer, is_async: bool
+    fleet: Fleet, server: RedisTarget, is_async: bool
 ) -> None:
     """R10: a failed recomputation leaves the old value served, in the leader's process and in
     one that waited on it, until ttl + stale_if_error."""
@@ -128,7 +128,7 @@ def test_r10_stale_if_error_serves_the_old_value_everywhere(
     assert leader.started(2)
     second = follower.start("call", 5)
     wait_until(
-        lambda: server.client().execute_command("CLIENT", "LIST").count(b"cmd=blmove") == 1,
+        lambda: server.blocked_clients() == 1,  # in its BLMOVE
         "the follower waits in Redis",
     )
     leader.send("release")
@@ -146,7 +146,7 @@ def test_r10_stale_if_error_serves_the_old_value_everywhere(
 
 @KINDS
 def test_r10_error_ttl_keeps_the_error_in_redis(
-    fleet: Fleet, server: RedisServer, is_async: bool
+    fleet: Fleet, server: RedisTarget, is_async: bool
 ) -> None:
     """R10: with error_ttl= the error is kept in Redis and raised in every process without
     running the function: a RemoteError elsewhere, the same object where it was raised."""
@@ -167,7 +167,7 @@ def test_r10_error_ttl_keeps_the_error_in_redis(
 
 @KINDS
 def test_r10_ttl_callable_and_cache_if_decide_what_redis_keeps(
-    fleet: Fleet, server: RedisServer, is_async: bool
+    fleet: Fleet, server: RedisTarget, is_async: bool
 ) -> None:
     """R10: a ttl callable sets each value's lifetime in Redis, judged alike everywhere, and
     cache_if= decides whether it is kept at all (callers still share the execution)."""
@@ -185,7 +185,7 @@ def test_r10_ttl_callable_and_cache_if_decide_what_redis_keeps(
 
 @KINDS
 def test_r11_invalidate_removes_value_and_lease_and_the_old_leader_stores_nothing(
-    fleet: Fleet, server: RedisServer, is_async: bool
+    fleet: Fleet, server: RedisTarget, is_async: bool
 ) -> None:
     """R11: invalidate() removes the value and the lease; the leader whose lease went still
     answers its callers but stores nothing, and a call after it never gets an older value."""
@@ -218,7 +218,7 @@ def test_r11_invalidate_removes_value_and_lease_and_the_old_leader_stores_nothin
 
 @KINDS
 def test_r11_cache_clear_removes_every_value_and_lease(
-    fleet: Fleet, server: RedisServer, is_async: bool
+    fleet: Fleet, server: RedisTarget, is_async: bool
 ) -> None:
     """R11: cache_clear() removes every value and lease of the function from Redis, and a
     leader whose lease went stores nothing."""
@@ -238,7 +238,7 @@ def test_r11_cache_clear_removes_every_value_and_lease(
 
 @KINDS
 def test_r10_cache_info_counts_redis_hits_and_waits(
-    fleet: Fleet, server: RedisServer, is_async: bool
+    fleet: Fleet, server: RedisTarget, is_async: bool
 ) -> None:
     """R10: cache_info() counts a call answered from Redis as a hit and one that waited for
     another process's execution as a miss that coalesced."""
@@ -248,7 +248,7 @@ def test_r10_cache_info_counts_redis_hits_and_waits(
     assert leader.started(1)
     waited = follower.start("call", 1)
     wait_until(
-        lambda: server.client().execute_command("CLIENT", "LIST").count(b"cmd=blmove") == 1,
+        lambda: server.blocked_clients() == 1,  # in its BLMOVE
         "the follower waits in Redis",
     )
     leader.send("release")
@@ -267,7 +267,7 @@ def test_r10_cache_info_counts_redis_hits_and_waits(
 
 @KINDS
 def test_r4_a_refresh_leader_killed_is_taken_over(
-    fleet: Fleet, server: RedisServer, is_async: bool
+    fleet: Fleet, server: RedisTarget, is_async: bool
 ) -> None:
     """R4 with R10: a process killed with SIGKILL while it refreshes loses its lease, and a
     caller in another process that needs a fresh value takes over."""
@@ -285,7 +285,7 @@ def test_r4_a_refresh_leader_killed_is_taken_over(
 
 @KINDS
 def test_r6_redis_stopped_mid_refresh_runs_locally_with_one_warning(
-    fleet: Fleet, server: RedisServer, is_async: bool
+    fleet: Fleet, server: RedisTarget, is_async: bool
 ) -> None:
     """R6 with R10: Redis stopped while a refresh runs leaves the process running calls
     locally, with one warning for the outage."""
