@@ -1,10 +1,11 @@
 """R8 (issue 19): a local copy (``local_ttl=``) never outlives the value it copies.
 
-Each test runs worker processes (``_fleet_workers.py``) on a redis-server of its own,
-each with its own ``RedisBackend(local_ttl=...)`` and frozen clock, for ``def`` and
-``async def``. A copy lives ``min(local_ttl, what the value's ttl has left)``: past the
-value's ttl a process asks Redis again, which says the value is gone (a new execution)
-or stale (served as stale while one refresh runs), never a copy served as fresh.
+Each test runs worker processes (``_fleet_workers.py``) on each target of conftest.py's
+``redis_target`` (a redis-server, the Redis Cluster, a valkey-server), each worker with
+its own ``RedisBackend(local_ttl=...)`` and frozen clock, for ``def`` and ``async def``.
+A copy lives ``min(local_ttl, what the value's ttl has left)``: past the value's ttl a
+process asks Redis again, which says the value is gone (a new execution) or stale
+(served as stale while one refresh runs), never a copy served as fresh.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 from _fleet_driver import T0, Fleet
-from _redis_fixture import RedisServer, running_server, wait_until
+from _redis_fixture import RedisTarget, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -21,14 +22,13 @@ KINDS = pytest.mark.parametrize("is_async", [False, True], ids=["def", "async_de
 
 
 @pytest.fixture
-def server() -> Iterator[RedisServer]:
-    """A redis-server of the test's own."""
-    with running_server() as running:
-        yield running
+def server(redis_target: RedisTarget) -> RedisTarget:
+    """This run's target (conftest.py): a redis-server, the Redis Cluster, a valkey-server."""
+    return redis_target
 
 
 @pytest.fixture
-def fleet(server: RedisServer) -> Iterator[Fleet]:
+def fleet(server: RedisTarget) -> Iterator[Fleet]:
     """Worker processes on that server, stopped after the test."""
     made = Fleet(server)
     try:
@@ -59,7 +59,7 @@ def test_r8_a_local_copy_never_outlives_the_value_it_copies(fleet: Fleet, is_asy
 
 @KINDS
 def test_r8_a_local_copy_never_serves_a_value_as_fresh_once_it_is_stale_in_redis(
-    fleet: Fleet, server: RedisServer, is_async: bool
+    fleet: Fleet, server: RedisTarget, is_async: bool
 ) -> None:
     """R8 with stale= (R10): past the value's ttl no copy answers as fresh; each process gets
     the stale value from Redis, counted as stale, while ONE refresh runs in the fleet, and
@@ -85,7 +85,7 @@ def test_r8_a_local_copy_never_serves_a_value_as_fresh_once_it_is_stale_in_redis
     assert sum(info["refreshes"] for info in infos) == 1
 
 
-def stored(server: RedisServer, fleet: Fleet, n: int) -> bool:
+def stored(server: RedisTarget, fleet: Fleet, n: int) -> bool:
     from _fleet_driver import stored_n
 
     return stored_n(server, fleet, 1, n)
