@@ -1,4 +1,4 @@
-"""SPEC section 7's bars, P1 to P5, judged on one run's tables.
+"""SPEC section 7's bars, P1 to P5, P9 and P11, judged on one run's tables.
 
 A bar is reported, never asserted: a missed bar prints FAIL and the run still exits 0.
 What does fail the run is a broken promise, not a slow one: a scenario that crashed, or
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from benchmarks import _otel, _stampede_threads
+from benchmarks import _otel, _stampede_threads, batches
 from benchmarks._method import Table, is_ours
 
 
@@ -118,6 +118,19 @@ def judge(tables: dict[str, Table]) -> list[Check]:
             "n/a" if s7 is None else ("PASS" if s7 == "yes" else "FAIL"),
         )
     )
+    checks.extend(_p9(tables.get(batches.TABLE_KEY)))
+    return checks
+
+
+def _p9(table: Table | None) -> list[Check]:
+    """P9: the 10 batch calls, and the cost per id beside each dataloader."""
+    what = "1,000 concurrent calls on distinct ids, collect=0, max_batch=100 make 10 batch calls"
+    row = None if table is None else table.extra.get(batches.OURS)
+    calls = "not measured" if row is None else f"{row['batch calls']} batch calls"
+    status = "n/a" if row is None else ("PASS" if row["batch calls"] == "10" else "FAIL")
+    checks = [Check("P9", what, calls, "10 batch calls", status)]
+    for peer in batches.PEERS:
+        checks.append(_ratio_check("P9", table, f"cost per id vs {peer}", batches.OURS, peer, 1.0))
     return checks
 
 

@@ -28,12 +28,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import random
 import statistics
 import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+from benchmarks._method import Budget, Table
 from coalesce import singleflight
 
 N = 1000
@@ -106,12 +108,18 @@ async def _gather_once(
 
 
 async def _gather(repeats: int) -> tuple[dict[str, list[float]], dict[str, list[int]]]:
-    costs: dict[str, list[float]] = {name: [] for name in CASES}
+    """Per-id CPU costs (seconds) and the batch calls made, of each contender installed."""
     batch_calls: dict[str, list[int]] = {}
+    cases = {}
     for name, make in CASES.items():  # warm-up: imports, first-call costs
-        batch_calls[name] = (await _gather_once(make))[1]
+        try:
+            batch_calls[name] = (await _gather_once(make))[1]
+        except ImportError:
+            continue
+        cases[name] = make
+    costs: dict[str, list[float]] = {name: [] for name in cases}
     for _ in range(repeats):
-        for name, make in CASES.items():
+        for name, make in cases.items():
             spent, _ = await _gather_once(make)
             costs[name].append(spent / N)
     return costs, batch_calls
@@ -152,6 +160,43 @@ async def _join() -> tuple[list[list[int]], int]:
     return batches, len(singles)
 
 
+OURS = "coalesce (collect=0)"
+EXPECTED = [MAX_BATCH] * (N // MAX_BATCH)  # the batch calls' sizes: 10 x 100
+PEERS = ("aiodataloader", "strawberry DataLoader")
+TABLE_KEY = "batches"
+
+
+def table(budget: Budget, rng: random.Random) -> Table:
+    """P9 for ``python -m benchmarks``: CPU ns per id beside the peers, the batch calls
+    made, and the join check as a note (``rng`` unused: the order is fixed)."""
+    del rng
+    result = Table(
+        key=TABLE_KEY,
+        title=f"Batches (P9): {N:,} concurrent loads of distinct ids, max batch {MAX_BATCH}",
+        unit="CPU ns/id",
+        extra_columns=("batch calls",),
+    )
+    costs, batch_calls = asyncio.run(_gather(budget.repeats * 2))
+    for name in CASES:
+        if name in costs:
+            result.samples[name] = [cost * 1e9 for cost in costs[name]]
+            result.extra[name] = {"batch calls": str(len(batch_calls[name]))}
+    for name in PEERS:
+        if name not in costs:
+            result.notes.append(f"{name}: skipped, not installed.")
+    if batch_calls[OURS] != EXPECTED:
+        result.errors[OURS] = f"batch calls of sizes {batch_calls[OURS]}, not 10 x 100"
+    batches, singles = asyncio.run(_join())
+    sizes = [len(batch) for batch in batches]
+    result.notes.append(
+        f"Join: one batch of 100 ids, 50 cached and 25 in flight, made {len(batches)} batch "
+        f"call(s) of {sizes} ids (right: one call of the 25 others); user() ran {singles} times"
+    )
+    if batches != [list(range(75, 100))]:
+        result.errors[OURS] = f"the join batch calls were {batches}, not one call with ids 75-99"
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.batches", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="few repeats (rough)")
@@ -166,15 +211,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     costs, batch_calls = asyncio.run(_gather(repeats))
     print(f"\n{'':24} {'batch calls':>12} {'CPU us per id (median)':>24}")
-    for name in CASES:
+    for name in costs:
         print(
             f"{name:24} {len(batch_calls[name]):>12} {statistics.median(costs[name]) * 1e6:>24.2f}"
         )
-        if name.startswith("coalesce") and batch_calls[name] != [MAX_BATCH] * (N // MAX_BATCH):
-            problems.append(f"coalesce made batch calls of sizes {batch_calls[name]}, not 10 x 100")
-    ours = costs["coalesce (collect=0)"]
+    if batch_calls[OURS] != EXPECTED:
+        problems.append(f"coalesce made batch calls of sizes {batch_calls[OURS]}, not 10 x 100")
+    ours = costs[OURS]
     print(f"\nP9, coalesce's CPU cost per id over each peer's (median of {repeats} ratios):")
-    for peer in ("aiodataloader", "strawberry DataLoader"):
+    for peer in PEERS:
+        if peer not in costs:
+            print(f"  vs {peer:22} skipped, not installed")
+            continue
         ratio = statistics.median(a / b for a, b in zip(ours, costs[peer], strict=True))
         verdict = "ok" if ratio <= 1.0 else "MISSED"
         print(f"  vs {peer:22} {ratio:5.2f}x  (bar: at most 1.0x) {verdict}")

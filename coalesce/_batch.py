@@ -29,7 +29,7 @@ from collections.abc import Callable, Coroutine, Hashable, Iterable, Mapping
 from typing import Any, Final, Protocol, TypeVar, overload
 
 from ._flight import NOT_FOUND, AsyncGroup, Group
-from ._keys import hashed, qualname, unhashed
+from ._keys import Hashed, hashed, qualname
 from ._pinned import callable, enumerate, hash, isinstance, len, zip
 from ._seconds import seconds
 from ._store import MISSING, CachedError, Store, TTLStore
@@ -317,7 +317,7 @@ def _async_front(plan: _Plan, fn: Callable[[list[Any]], Any], name: str) -> Call
     size = plan.max_batch
 
     async def fetch(keys: list[Any]) -> Mapping[Any, Any]:
-        ids = [unhashed(key) for key in keys]
+        ids = [k.value if k.__class__ is Hashed else k for k in keys]
         return _checked(name, await fn(ids), ids)
 
     async def front(ids: Iterable[Any], /) -> dict[Any, Any]:
@@ -387,7 +387,7 @@ def _sync_front(plan: _Plan, fn: Callable[[list[Any]], Any], name: str) -> Calla
     size = plan.max_batch
 
     def fetch(keys: list[Any]) -> Mapping[Any, Any]:
-        ids = [unhashed(key) for key in keys]
+        ids = [k.value if k.__class__ is Hashed else k for k in keys]
         return _checked(name, fn(ids), ids)
 
     def front(ids: Iterable[Any], /) -> dict[Any, Any]:

@@ -44,7 +44,7 @@ from . import _fork, _observe
 from ._errors import ReentrantCallError
 from ._fork import at_fork
 from ._pinned import getattr, hash, isinstance, len, next, zip
-from ._store import MISSING, CachedError, Store
+from ._store import MISSING, CachedError, Store, TTLStore
 
 __all__ = ("NOT_FOUND", "AsyncGroup", "BatchClaim", "Group", "Stats", "Totals")
 
@@ -1200,6 +1200,22 @@ class _AsyncBatch:
         self.task: asyncio.Task[None] | None = None
 
 
+def _resolve(waiters: dict[asyncio.Future[Any], bool | None], flight: _AsyncFlight) -> None:
+    """Give the settled ``flight``'s outcome to every caller still waiting on it."""
+    state = flight.state
+    value = flight.value
+    for fut in waiters:
+        if fut.done():
+            continue
+        if state == _DONE:
+            fut.set_result(value)
+        elif state == _FAILED:
+            fut.set_exception(value)
+        else:
+            fut.cancel()
+    waiters.clear()
+
+
 _FlightKey = tuple[asyncio.AbstractEventLoop, Hashable]
 _Outcome = tuple[Any, "_AsyncFlight | None"]
 
@@ -1351,6 +1367,15 @@ class AsyncGroup(_Registry):
         flight = _AsyncFlight()
         flights[fkey] = flight  # a key whose __eq__ raises: nothing listed
         flight.listed = True
+        collector = self._collector
+        if collector is not None:
+            # f.batch(collect=...): this miss waits to be fetched with others (B6);
+            # its key is marked in the store with theirs, when their batch starts.
+            next(stats.executed)
+            next(stats.started)
+            flight.call = (fn, args, kwargs)
+            collector.add(self, loop, key, flight, store)
+            return self._wait(loop, fkey, flight)
         if store is not None:
             try:
                 store.mark(key)
@@ -1361,12 +1386,6 @@ class AsyncGroup(_Registry):
         next(stats.started)
         if store is not None and store.early:
             flight.started = _time.monotonic()
-        collector = self._collector
-        if collector is not None:
-            # f.batch(collect=...): this miss waits to be fetched with others (B6).
-            flight.call = (fn, args, kwargs)
-            collector.add(self, loop, key, flight, store)
-            return self._wait(loop, fkey, flight)
         timer = _observe.timer
         if timer is not None:
             flight.began = _time.perf_counter()
@@ -1507,17 +1526,7 @@ class AsyncGroup(_Registry):
         waiters = flight.waiters
         if not waiters:
             return
-        state = flight.state
-        for fut in waiters:
-            if fut.done():
-                continue
-            if state == _DONE:
-                fut.set_result(value)
-            elif state == _FAILED:
-                fut.set_exception(value)
-            else:
-                fut.cancel()
-        waiters.clear()
+        _resolve(waiters, flight)
 
     async def _wait(
         self, loop: asyncio.AbstractEventLoop, fkey: _FlightKey, flight: _AsyncFlight
@@ -1689,28 +1698,57 @@ class AsyncGroup(_Registry):
         exc: BaseException | None,
     ) -> None:
         """Settle every key of a batch: stored and shared (B2), or failed (B5), or
-        handed to the single calls waiting on it when the batch left it out (B4)."""
+        handed to the single calls waiting on it when the batch left it out (B4).
+
+        One pass, for the batch rather than per key (P9): each key's outcome is kept,
+        every settled flight leaves the registry under one hold of the lock, then
+        their callers' futures are resolved.
+        """
         loop = batch.loop
         stats = self._stats
         outcome: dict[Hashable, tuple[bool, Any]] = {}
+        settled: list[tuple[Hashable, _AsyncFlight]] = []
+        if exc is None and isinstance(store, TTLStore) and store.saves_all:
+            settled = self._batch_save(batch, store, found, outcome)
         for key, flight in batch.pairs:
             if flight.state != _RUNNING or flight.batch is not batch:
                 continue  # settled already (cancelled, or this ran twice)
             flight.batch = None
-            fkey = (loop, key)
             if exc is not None:
                 # B5: the same exception to every caller of every key; nothing kept.
                 if store is not None:
                     _unmark(store, key)
                 if not isinstance(exc, asyncio.CancelledError):
                     next(stats.errors)
-                self._wake(fkey, flight, False, exc)
+                flight.state = _CANCELLED if isinstance(exc, asyncio.CancelledError) else _FAILED
+                flight.value = exc
+                settled.append((key, flight))
                 continue
-            value = found.get(key, NOT_FOUND)
+            try:
+                value = found.get(key, NOT_FOUND)
+            except Exception as error:  # the key's __eq__ raised: its callers get that
+                if store is not None:
+                    _unmark(store, key)
+                next(stats.errors)
+                flight.state = _FAILED
+                flight.value = error
+                settled.append((key, flight))
+                continue
             if value is not NOT_FOUND:
-                ok, value = _outcome(store, stats, key, flight, True, value)
+                if store is None:
+                    next(stats.ok)
+                    ok = True
+                else:
+                    ok, value = _outcome(store, stats, key, flight, True, value)
                 outcome[key] = (ok, value)
-                self._wake(fkey, flight, ok, value)
+                if ok:
+                    flight.state = _DONE
+                elif isinstance(value, asyncio.CancelledError):
+                    flight.state = _CANCELLED
+                else:
+                    flight.state = _FAILED
+                flight.value = value
+                settled.append((key, flight))
                 continue
             waiters = flight.waiters
             call = flight.call
@@ -1726,11 +1764,15 @@ class AsyncGroup(_Registry):
                 flight.call = None
                 flight.task = None
                 fn, args, kwargs = call
-                self._relaunch(fkey, flight, fn, args, kwargs, store)
+                self._relaunch((loop, key), flight, fn, args, kwargs, store)
                 continue
             if store is not None:
                 _unmark(store, key)
-            self._wake(fkey, flight, True, NOT_FOUND)
+            flight.state = _DONE
+            flight.value = NOT_FOUND
+            settled.append((key, flight))
+        if settled:
+            self._wake_all(loop, settled)
         done = batch.done
         batch.done = None
         batch.pairs = []
@@ -1741,6 +1783,72 @@ class AsyncGroup(_Registry):
                 done.cancel()
             else:
                 done.set_exception(exc)
+
+    def _batch_save(
+        self,
+        batch: _AsyncBatch,
+        store: TTLStore,
+        found: Any,
+        outcome: dict[Hashable, tuple[bool, Any]],
+    ) -> list[tuple[Hashable, _AsyncFlight]]:
+        """Store the values a batch found under one hold of the store's lock (P9) and
+        settle their flights; the keys not found (B4) are left to the caller."""
+        kept = []
+        try:
+            for key, flight in batch.pairs:
+                if flight.state == _RUNNING and flight.batch is batch:
+                    value = found.get(key, NOT_FOUND)
+                    if value is not NOT_FOUND:
+                        kept.append((key, value, flight.started, flight))
+            store.save_all(kept)
+        except Exception:
+            return []  # a key's __eq__ raised: the caller settles each key on its own
+        stats = self._stats
+        settled = []
+        for key, value, _, flight in kept:
+            next(stats.ok)
+            outcome[key] = (True, value)
+            flight.batch = None
+            flight.state = _DONE
+            flight.value = value
+            settled.append((key, flight))
+        return settled
+
+    def _wake_all(
+        self, loop: asyncio.AbstractEventLoop, settled: list[tuple[Hashable, _AsyncFlight]]
+    ) -> None:
+        """:meth:`_wake` for many flights whose state and value are set: they leave the
+        registry under one hold of the lock, then every waiting caller is woken."""
+        with self._lock:
+            flights = self._flights
+            for key, flight in settled:
+                flight.work = None
+                if not flight.listed:
+                    continue
+                flight.listed = False
+                try:
+                    if flights.get((loop, key)) is flight:
+                        del flights[loop, key]
+                        continue
+                except Exception:
+                    pass
+                flights = self._flights = _unlisted(flights, flight)  # its key is broken
+        epoch = _fork.epoch
+        ended = self._stats.ended
+        for _, flight in settled:
+            if flight.epoch == epoch:  # a parent's execution was never counted here
+                next(ended)
+            waiters = flight.waiters
+            if not waiters:
+                continue
+            if flight.state != _DONE:
+                _resolve(waiters, flight)
+                continue
+            value = flight.value  # found: the common case, resolved here (P9)
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_result(value)
+            waiters.clear()
 
     def _relaunch(
         self,
@@ -1769,7 +1877,8 @@ class AsyncGroup(_Registry):
     def _batch_gathered(
         self, pending: list[tuple[Hashable, Any]], store: Store | None
     ) -> list[tuple[Hashable, Any]]:
-        """The misses gathered by ``collect=`` that still have a caller (S7); the rest end."""
+        """The misses gathered by ``collect=`` that still have a caller (S7), their keys
+        marked in the store together (one hold of its lock, P9); the rest end."""
         loop = _get_running_loop()
         pairs = []
         for key, flight in pending:
@@ -1778,11 +1887,34 @@ class AsyncGroup(_Registry):
             if flight.takers > 0:
                 pairs.append((key, flight))
                 continue
-            if store is not None:
-                _unmark(store, key)
-            flight.discard = True
+            flight.discard = True  # never marked: nothing to take away
             self._wake((loop, key), flight, False, asyncio.CancelledError())
+        if store is None or not pairs:
+            return pairs
+        try:
+            store.mark_all([key for key, _ in pairs])
+        except Exception:
+            pairs = self._marked(loop, pairs, store)
+        if store.early:
+            now = _time.monotonic()
+            for _, flight in pairs:
+                flight.started = now
         return pairs
+
+    def _marked(
+        self, loop: asyncio.AbstractEventLoop, pairs: list[tuple[Hashable, Any]], store: Store
+    ) -> list[tuple[Hashable, Any]]:
+        """Mark each key on its own: a key whose ``__eq__`` raises fails its callers."""
+        kept = []
+        for key, flight in pairs:
+            try:
+                store.mark(key)
+            except Exception as exc:
+                next(self._stats.errors)
+                self._wake((loop, key), flight, False, exc)
+                continue
+            kept.append((key, flight))
+        return kept
 
     def _batch_left(self, batch: _AsyncBatch) -> None:
         """A caller left (S7): when none of the batch's keys has a caller, cancel it."""

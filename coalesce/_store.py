@@ -30,7 +30,7 @@ import time as _time
 import traceback as traceback_module
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterator, MutableMapping
+from collections.abc import Callable, Hashable, Iterable, Iterator, MutableMapping
 from types import TracebackType
 from typing import Any, Final
 
@@ -268,27 +268,45 @@ class TTLStore:
         if ttl <= 0:
             self.unmark(key)
             return
+        self._keep(((key, value, started, flight),), ttl)
+
+    @property
+    def saves_all(self) -> bool:
+        """Whether :meth:`save_all` may store a batch: one ttl for all, no ``cache_if``."""
+        ttl = self.ttl
+        return self.cache_if is None and not self.varies and not callable(ttl) and ttl > 0
+
+    def save_all(self, items: Iterable[tuple[Hashable, Any, float, Any]]) -> None:
+        """:meth:`save` for many ``(key, value, started, flight)`` at once, under one
+        hold of the lock (a batch's results, section 9); only while :attr:`saves_all`."""
+        ttl = self.ttl
+        assert not callable(ttl)
+        self._keep(items, ttl)
+
+    def _keep(self, items: Iterable[tuple[Hashable, Any, float, Any]], ttl: float) -> None:
         mono, wall = self.now()
-        delta = mono - started if started else 0.0
-        entry = (value, mono + ttl, wall + ttl if self.dual else _INF, mono, wall, ttl, delta)
+        fresh, fresh_wall = mono + ttl, (wall + ttl if self.dual else _INF)
         data = self.data
         order = self.order
         maxsize = self.maxsize
         with self.lock:
-            old = data.get(key)
-            if flight is not None and flight.discard:
+            for key, value, started, flight in items:
+                old = data.get(key)
+                if flight is not None and flight.discard:
+                    if old is _TOMBSTONE:
+                        del data[key]
+                        self.marks -= 1
+                    continue
+                delta = mono - started if started else 0.0
+                entry = (value, fresh, fresh_wall, mono, wall, ttl, delta)
+                data[key] = entry
                 if old is _TOMBSTONE:
-                    del data[key]
                     self.marks -= 1
-                return
-            data[key] = entry
-            if old is _TOMBSTONE:
-                self.marks -= 1
-            elif old is not None:
-                order.pop(key, None)  # the replaced result leaves the order too
-            order[key] = entry
-            if self.errors:
-                self.errors.pop(key, None)
+                elif old is not None:
+                    order.pop(key, None)  # the replaced result leaves the order too
+                order[key] = entry
+                if self.errors:
+                    self.errors.pop(key, None)
             if self.varies and maxsize is not None and len(data) - self.marks > maxsize:
                 # Lifetimes differ per result, so what was stored first need not end
                 # first: drop every entry past its windows before evicting a live one.
@@ -321,6 +339,15 @@ class TTLStore:
             if key not in data:
                 data[key] = _TOMBSTONE
                 self.marks += 1
+
+    def mark_all(self, keys: Iterable[Hashable]) -> None:
+        """:meth:`mark` for many keys, under one hold of the lock (a batch's, section 9)."""
+        data = self.data
+        with self.lock:
+            for key in keys:
+                if key not in data:
+                    data[key] = _TOMBSTONE
+                    self.marks += 1
 
     def unmark(self, key: Hashable) -> None:
         """The execution of ``key`` stored nothing: take its tombstone away."""
@@ -615,6 +642,9 @@ class MappingStore:
         pass
 
     def mark(self, key: Hashable) -> None:
+        pass
+
+    def mark_all(self, keys: Iterable[Hashable]) -> None:
         pass
 
     def unmark(self, key: Hashable) -> None:
