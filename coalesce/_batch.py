@@ -28,7 +28,7 @@ import warnings
 from collections.abc import Callable, Coroutine, Hashable, Iterable, Mapping
 from typing import Any, Final, Protocol, TypeVar, overload
 
-from ._flight import NOT_FOUND, AsyncGroup, Group
+from ._flight import NOT_FOUND, AsyncGroup, BatchClaim, Group
 from ._keys import Hashed, hashed, qualname
 from ._pinned import callable, enumerate, hash, isinstance, len, zip
 from ._seconds import seconds
@@ -308,6 +308,41 @@ def batch_method(
 
 
 # --------------------------------------------------------------------------- fronts
+#
+# What the ``def`` and ``async def`` fronts share; they differ only in how they wait.
+
+
+def _claim(
+    group: Group | AsyncGroup, store: Store | None, name: str, ids: object
+) -> tuple[list[Hashable], list[Hashable], BatchClaim]:
+    """A batch call's ids, their keys, and what the registry gave them (B2)."""
+    given = _ids(name, ids)
+    keys = [hashed(i) for i in given]  # as f's own calls hold them (hashed once)
+    claim = group._batch_claim(keys, store)
+    if isinstance(store, TTLStore) and store.error_ttl:
+        kept = _kept(claim.hits)
+        if kept is not None:  # F4: a kept error, raised as a single call raises it
+            group._batch_release(claim, store)
+            raise kept.error.with_traceback(kept.traceback)
+    return given, keys, claim
+
+
+def _unhashed(keys: list[Any]) -> list[Any]:
+    """The ids as the batch function takes them: the keys as the caller gave them."""
+    return [k.value if k.__class__ is Hashed else k for k in keys]
+
+
+def _answer(
+    given: list[Hashable],
+    keys: list[Hashable],
+    values: dict[Hashable, Any],
+    errors: list[BaseException] | None = None,
+) -> dict[Any, Any]:
+    """The result of a batch call: each id found, once, in the order given; or the
+    first error met (B5)."""
+    if errors:
+        raise errors[0]
+    return {i: values[k] for i, k in zip(given, keys, strict=True) if k in values}
 
 
 def _async_front(plan: _Plan, fn: Callable[[list[Any]], Any], name: str) -> Callable[..., Any]:
@@ -317,26 +352,19 @@ def _async_front(plan: _Plan, fn: Callable[[list[Any]], Any], name: str) -> Call
     size = plan.max_batch
 
     async def fetch(keys: list[Any]) -> Mapping[Any, Any]:
-        ids = [k.value if k.__class__ is Hashed else k for k in keys]
+        ids = _unhashed(keys)
         return _checked(name, await fn(ids), ids)
 
     async def front(ids: Iterable[Any], /) -> dict[Any, Any]:
-        given = _ids(name, ids)
-        keys = [hashed(i) for i in given]  # as f's own calls hold them (hashed once)
-        claim = group._batch_claim(keys, store)
+        given, keys, claim = _claim(group, store, name, ids)
         values = claim.hits
-        if isinstance(store, TTLStore) and store.error_ttl:
-            kept = _kept(values)
-            if kept is not None:  # F4: a kept error, raised as a single call raises it
-                group._batch_release(claim, store)
-                raise kept.error.with_traceback(kept.traceback)
         for chunk in _chunks(claim.stale, size):
             group._batch_start(chunk, fetch, store, led=False)
         batches = [
             group._batch_start(chunk, fetch, store, led=True) for chunk in _chunks(claim.led, size)
         ]
         if not batches and not claim.joined:
-            return {i: values[k] for i, k in zip(given, keys, strict=True) if k in values}
+            return _answer(given, keys, values)
         dones = [batch.done for batch in batches]
         errors: list[BaseException] = []
         try:
@@ -372,9 +400,7 @@ def _async_front(plan: _Plan, fn: Callable[[list[Any]], Any], name: str) -> Call
             for key, flight, fut in claim.joined:
                 group._leave((loop, key), flight, fut)
             raise
-        if errors:
-            raise errors[0]
-        return {i: values[k] for i, k in zip(given, keys, strict=True) if k in values}
+        return _answer(given, keys, values, errors)
 
     front._fetch = fetch  # type: ignore[attr-defined]
     return front
@@ -387,19 +413,12 @@ def _sync_front(plan: _Plan, fn: Callable[[list[Any]], Any], name: str) -> Calla
     size = plan.max_batch
 
     def fetch(keys: list[Any]) -> Mapping[Any, Any]:
-        ids = [k.value if k.__class__ is Hashed else k for k in keys]
+        ids = _unhashed(keys)
         return _checked(name, fn(ids), ids)
 
     def front(ids: Iterable[Any], /) -> dict[Any, Any]:
-        given = _ids(name, ids)
-        keys = [hashed(i) for i in given]  # as f's own calls hold them (hashed once)
-        claim = group._batch_claim(keys, store)
+        given, keys, claim = _claim(group, store, name, ids)
         values = claim.hits
-        if isinstance(store, TTLStore) and store.error_ttl:
-            kept = _kept(values)
-            if kept is not None:  # F4: a kept error, raised as a single call raises it
-                group._batch_release(claim, store)
-                raise kept.error.with_traceback(kept.traceback)
         if claim.stale and store is not None:
             for chunk in _chunks(claim.stale, size):
                 group._batch_refresh(chunk, fetch, store)
@@ -435,9 +454,7 @@ def _sync_front(plan: _Plan, fn: Callable[[list[Any]], Any], name: str) -> Calla
                 for key, flight, _ in joined[waited:]:
                     group._unjoin(key, flight)
             raise
-        if errors:
-            raise errors[0]
-        return {i: values[k] for i, k in zip(given, keys, strict=True) if k in values}
+        return _answer(given, keys, values, errors)
 
     front._fetch = fetch  # type: ignore[attr-defined]
     return front

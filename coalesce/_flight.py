@@ -296,6 +296,13 @@ def _log_failure(store: Store, exc: BaseException, rescued: bool, background: bo
         )
 
 
+# What each key of a batch call steps when it ends (section 9): counters nobody reads.
+# The execution of a batch is the call of its batch function, counted once by the
+# batch (ok, error or cancelled, and its duration, O1); each key still counts as one
+# call (hit, stale, joined or executed) and as one key in flight while it is fetched.
+_PER_KEY: Final = Stats()
+
+
 def _unmark(store: Store, key: Hashable) -> None:
     """Take the tombstone of ``key`` away, even when the key's ``__eq__`` fails."""
     try:
@@ -399,6 +406,15 @@ def _outcome(
                     exc_info=exc,
                 )
     return ok, value
+
+
+def _batch_ended(stats: Stats, began: float, outcome: Any) -> None:
+    """A call of a batch function ended: one execution (``outcome``: the counter of
+    ``ok``, ``errors`` or ``cancelled``), and its duration while instrumented (O1)."""
+    next(outcome)
+    timer = _observe.timer
+    if timer is not None and began:
+        timer(stats, _time.perf_counter() - began)
 
 
 def _consult(
@@ -844,10 +860,19 @@ class Group(_Registry):
         return value
 
     def _end(
-        self, key: Hashable, flight: _Flight, store: Store | None, ok: bool, value: Any
+        self,
+        key: Hashable,
+        flight: _Flight,
+        store: Store | None,
+        ok: bool,
+        value: Any,
+        counts: Stats | None = None,
     ) -> tuple[bool, Any]:
-        """The execution ended: keep its outcome (S3), leave the registry, wake the waiters."""
-        ok, value = _outcome(store, self._stats, key, flight, ok, value)
+        """The execution ended: keep its outcome (S3), leave the registry, wake the waiters.
+
+        ``counts``: where its outcome is counted (``_PER_KEY`` for a key of a batch).
+        """
+        ok, value = _outcome(store, counts or self._stats, key, flight, ok, value)
         flight.value = value
         flight.state = _DONE if ok else _FAILED
         lock = self._lock  # acquire() and release(), not ``with``: see AsyncGroup._detach
@@ -1024,14 +1049,18 @@ class Group(_Registry):
             for _, flight in pairs:
                 flight.owner = me  # S9: the batch function calling one of them fails fast
                 flight.started = started
+        stats = self._stats
+        began = _time.perf_counter() if _observe.timer is not None else 0.0
         try:
             found = fn([key for key, _ in pairs])
         except Exception as exc:
+            _batch_ended(stats, began, stats.errors)
             self._batch_settle(pairs, store, None, exc, keep)
             return {}, exc
         except BaseException:
             self._batch_settle(pairs, store, None, None, keep)  # S8: handed off
             raise
+        _batch_ended(stats, began, stats.ok)
         return self._batch_settle(pairs, store, found, None, keep), None
 
     def _batch_settle(
@@ -1049,7 +1078,6 @@ class Group(_Registry):
                 # B5: the same exception to every caller of every key; nothing kept.
                 if store is not None:
                     _unmark(store, key)
-                next(stats.errors)
                 flight.value = exc
                 flight.state = _FAILED
                 with self._lock:
@@ -1061,7 +1089,7 @@ class Group(_Registry):
                 continue
             value = MISSING if found is None else found.get(key, MISSING)
             if value is not MISSING:
-                outcome[key] = self._end(key, flight, store, True, value)
+                outcome[key] = self._end(key, flight, store, True, value, _PER_KEY)
                 continue
             if key == keep:
                 continue
@@ -1186,7 +1214,7 @@ class _AsyncFlight:
 class _AsyncBatch:
     """One call of a batch function (section 9): several keys, each a flight of its own."""
 
-    __slots__ = ("done", "loop", "pairs", "task")
+    __slots__ = ("began", "done", "loop", "pairs", "task")
 
     def __init__(
         self,
@@ -1194,6 +1222,7 @@ class _AsyncBatch:
         pairs: list[tuple[Hashable, _AsyncFlight]],
         done: asyncio.Future[dict[Hashable, tuple[bool, Any]]] | None,
     ) -> None:
+        self.began = 0.0  # perf_counter() when its batch function was called, instrumented
         self.loop = loop
         self.pairs = pairs  # (key, flight), in the order the batch function gets them
         self.done = done  # the outcome, for the batch caller leading it (None: no such)
@@ -1681,6 +1710,8 @@ class AsyncGroup(_Registry):
         store: Store | None,
     ) -> None:
         """The batch task's coroutine: await the batch function, then settle each key."""
+        if _observe.timer is not None:
+            batch.began = _time.perf_counter()
         try:
             found = await fn(ids)
         except BaseException as exc:
@@ -1706,6 +1737,14 @@ class AsyncGroup(_Registry):
         """
         loop = batch.loop
         stats = self._stats
+        if not batch.pairs:
+            return  # ended already: this is the task's done callback (_batch_unstarted)
+        if exc is None:
+            _batch_ended(stats, batch.began, stats.ok)
+        elif isinstance(exc, asyncio.CancelledError):
+            _batch_ended(stats, batch.began, stats.cancelled)
+        else:
+            _batch_ended(stats, batch.began, stats.errors)
         outcome: dict[Hashable, tuple[bool, Any]] = {}
         settled: list[tuple[Hashable, _AsyncFlight]] = []
         if exc is None and isinstance(store, TTLStore) and store.saves_all:
@@ -1718,8 +1757,6 @@ class AsyncGroup(_Registry):
                 # B5: the same exception to every caller of every key; nothing kept.
                 if store is not None:
                     _unmark(store, key)
-                if not isinstance(exc, asyncio.CancelledError):
-                    next(stats.errors)
                 flight.state = _CANCELLED if isinstance(exc, asyncio.CancelledError) else _FAILED
                 flight.value = exc
                 settled.append((key, flight))
@@ -1729,17 +1766,14 @@ class AsyncGroup(_Registry):
             except Exception as error:  # the key's __eq__ raised: its callers get that
                 if store is not None:
                     _unmark(store, key)
-                next(stats.errors)
                 flight.state = _FAILED
                 flight.value = error
                 settled.append((key, flight))
                 continue
             if value is not NOT_FOUND:
-                if store is None:
-                    next(stats.ok)
-                    ok = True
-                else:
-                    ok, value = _outcome(store, stats, key, flight, True, value)
+                ok = True
+                if store is not None:
+                    ok, value = _outcome(store, _PER_KEY, key, flight, True, value)
                 outcome[key] = (ok, value)
                 if ok:
                     flight.state = _DONE
@@ -1803,10 +1837,8 @@ class AsyncGroup(_Registry):
             store.save_all(kept)
         except Exception:
             return []  # a key's __eq__ raised: the caller settles each key on its own
-        stats = self._stats
         settled = []
         for key, value, _, flight in kept:
-            next(stats.ok)
             outcome[key] = (True, value)
             flight.batch = None
             flight.state = _DONE
@@ -1860,6 +1892,8 @@ class AsyncGroup(_Registry):
         store: Store | None,
     ) -> None:
         """B4: run the single-key function in ``flight``, which a batch left out."""
+        if _observe.timer is not None:
+            flight.began = _time.perf_counter()
         try:
             work = fn(*args, **kwargs)
             if work.__class__ is not _CoroutineType:
@@ -1910,7 +1944,6 @@ class AsyncGroup(_Registry):
             try:
                 store.mark(key)
             except Exception as exc:
-                next(self._stats.errors)
                 self._wake((loop, key), flight, False, exc)
                 continue
             kept.append((key, flight))
