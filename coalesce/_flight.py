@@ -1775,12 +1775,7 @@ class AsyncGroup(_Registry):
                 if store is not None:
                     ok, value = _outcome(store, _PER_KEY, key, flight, True, value)
                 outcome[key] = (ok, value)
-                if ok:
-                    flight.state = _DONE
-                elif isinstance(value, asyncio.CancelledError):
-                    flight.state = _CANCELLED
-                else:
-                    flight.state = _FAILED
+                flight.state = _DONE if ok else _FAILED  # not ok: storing it raised
                 flight.value = value
                 settled.append((key, flight))
                 continue

@@ -10,7 +10,8 @@ before its batch starts (S7), with nothing left behind (S16).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from _core_support import WAIT
 from test_batch import until
@@ -38,18 +39,26 @@ class Touchy:
         return f"Touchy({self.n})"
 
 
-def test_gathered_key_invalidated_before_its_batch_starts_is_not_stored() -> None:
-    """S18: invalidate(id) before its gathered batch starts: callers get the value, none is kept."""
-    batches: list[list[int]] = []
+def gathered(batches: list[list[int]], answer: Callable[[int], int]) -> Any:
+    """``user(user_id)`` whose misses wait for a window that the third miss closes (not
+    time), then are fetched by one batch call, recorded in ``batches``, answering ``answer``."""
 
     @singleflight(key="user_id", ttl=60)
     async def user(user_id: int) -> int:
         return user_id
 
-    @user.batch(collect=WAIT, max_batch=3)  # a window closed by the third miss, not by time
+    @user.batch(collect=WAIT, max_batch=3)
     async def users(ids: list[int]) -> Mapping[int, int]:
         batches.append(list(ids))
-        return {i: i * 10 for i in ids}
+        return {i: answer(i) for i in ids}
+
+    return user
+
+
+def test_gathered_key_invalidated_before_its_batch_starts_is_not_stored() -> None:
+    """S18: invalidate(id) before its gathered batch starts: callers get the value, none is kept."""
+    batches: list[list[int]] = []
+    user = gathered(batches, lambda i: i * 10)
 
     async def body() -> None:
         calls = [asyncio.ensure_future(user(i)) for i in (1, 2)]
@@ -117,15 +126,7 @@ def test_an_answer_whose_keys_fail_to_compare_fails_its_batch() -> None:
 def test_cancelled_gathered_callers_leave_nothing() -> None:
     """S7/S16: a gathered miss whose caller left before its batch starts is not fetched or kept."""
     batches: list[list[int]] = []
-
-    @singleflight(key="user_id", ttl=60)
-    async def user(user_id: int) -> int:
-        return user_id
-
-    @user.batch(collect=WAIT, max_batch=3)  # a window closed by the third miss, not by time
-    async def users(ids: list[int]) -> Mapping[int, int]:
-        batches.append(list(ids))
-        return {i: i for i in ids}
+    user = gathered(batches, lambda i: i)
 
     async def body() -> None:
         calls = [asyncio.ensure_future(user(i)) for i in (1, 2)]
