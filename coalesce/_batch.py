@@ -26,10 +26,10 @@ import inspect
 import threading
 import warnings
 from collections.abc import Callable, Coroutine, Hashable, Iterable, Mapping
-from typing import Any, Final, Protocol, TypeVar, overload
+from typing import Any, Protocol, TypeVar, overload
 
 from ._flight import NOT_FOUND, AsyncGroup, BatchClaim, Group
-from ._keys import Hashed, hashed, qualname
+from ._keys import ONE_ARGUMENT, Hashed, hashed, qualname
 from ._pinned import callable, enumerate, hash, isinstance, len, zip
 from ._seconds import seconds
 from ._store import MISSING, CachedError, Store, TTLStore
@@ -38,8 +38,6 @@ __all__ = ("AsyncBatchFunction", "BatchDecorator", "BatchFunction", "batch_metho
 
 K = TypeVar("K")
 V = TypeVar("V")
-
-_POSITIONAL: Final = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
 
 
 class BatchFunction(Protocol[K, V]):
@@ -96,7 +94,7 @@ def _why_not(func: Callable[..., Any], key: object, typed: bool, backend: object
         params = list(inspect.signature(func).parameters.values())
     except (TypeError, ValueError):
         params = []
-    if len(params) == 1 and params[0].kind in _POSITIONAL:
+    if len(params) == 1 and params[0].kind in ONE_ARGUMENT:
         return None
     shown = ", ".join(p.name for p in params) or "none that can be read"
     return (

@@ -37,7 +37,7 @@ from collections.abc import Callable, Hashable
 from typing import Any, Final, NamedTuple
 
 from ._flight import AsyncGroup, Describe, Group
-from ._keys import PLAIN, KeyPlan, describe_unhashable, hashed, raw_key, typed_key
+from ._keys import ONE_ARGUMENT, PLAIN, KeyPlan, describe_unhashable, hashed, raw_key, typed_key
 from ._pinned import all, any, enumerate, isinstance, len, next, sorted
 from ._store import FRESH, FRESH_WALL, MISSING, VALUE, MappingStore, Store, TTLStore
 
@@ -47,7 +47,6 @@ _IMPORT_TIME_BUILTINS: Final = dict(builtins.__dict__)
 __all__ = ("Compiled", "KeySource", "compile_wrapper", "key_source")
 
 _EMPTY: Final = inspect.Parameter.empty
-_POSITIONAL: Final = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
 _NO_KWARGS: Final[dict[str, Any]] = {}
 
 # The builtins the source uses, as prefixed globals: a parameter named ``next`` or
@@ -198,7 +197,7 @@ def key_source(plan: KeyPlan, prefix: str = "_sf_") -> KeySource:
     if plan.chosen is None:
         if plan.typed:
             key = f"{p}hashed({p}typed({_display(slot_exprs)}))"
-        elif len(params) == 1 and params[0].kind in _POSITIONAL:
+        elif len(params) == 1 and params[0].kind in ONE_ARGUMENT:
             key = _once(p, slot_exprs[:1], [True], single=True)  # one parameter, as lru_cache
         else:
             key = _once(p, slot_exprs, scalar)

@@ -7,8 +7,9 @@ The rule, for every path that turns arguments into a key (the wrapper, ``cache_k
   per parameter in declaration order: a ``*args`` parameter's slot is the tuple of
   extra positional arguments, a ``**kwargs`` parameter's slot the sorted tuple of
   extra keyword items. So ``f(1)``, ``f(x=1)`` and ``f(1, y=<default>)`` bind alike;
-- the default key is the tuple of every slot, or, for a function of one plain
-  positional parameter, that slot's value itself (as ``lru_cache`` does);
+- the default key is the tuple of every slot, or, for a function of one parameter
+  that takes one argument (positional or keyword-only: ``ONE_ARGUMENT``), that slot's
+  value itself (as ``lru_cache`` does);
 - ``key="name"`` is that slot's value; ``key=("a", "b")`` the tuple of those slots;
 - ``typed=True`` pairs that key with the types of its values (:func:`typed_key`);
 - a key callable's key is what it returns for the call's arguments, as given;
@@ -42,6 +43,7 @@ from ._pinned import (
 )
 
 __all__ = (
+    "ONE_ARGUMENT",
     "PLAIN",
     "Hashed",
     "HashedTuple",
@@ -326,6 +328,14 @@ def check_key_callable(func: Callable[..., Any], key: Callable[..., Any]) -> Non
 # flights, a cachetools cache's own bookkeeping) reads it instead of calling the
 # key's ``__hash__`` again, which may be costly or reenter (S19).
 PLAIN: Final = frozenset({int, str, bytes, float, bool, type(None)})
+
+# The kinds of a parameter that takes one argument (not ``*args`` or ``**kwargs``): a
+# function of one such parameter is keyed by that argument's value itself.
+ONE_ARGUMENT: Final = (
+    inspect.Parameter.POSITIONAL_ONLY,
+    inspect.Parameter.POSITIONAL_OR_KEYWORD,
+    inspect.Parameter.KEYWORD_ONLY,
+)
 # Instances of classes that keep object's own hash (by identity) are plain too.
 _IDHASH: Final = object.__hash__
 
