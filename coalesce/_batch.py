@@ -393,7 +393,9 @@ def _async_front(plan: _Plan, fn: Callable[[list[Any]], Any], name: str) -> Call
         except BaseException:
             # Cancelled (S7): only this call's waits end.
             loop = asyncio.get_running_loop()
-            for batch in batches:
+            for batch, done in zip(batches, dones, strict=True):
+                if done is not None and done.done() and not done.cancelled():
+                    done.exception()  # a chunk that failed: not left for asyncio to log (O3)
                 group._batch_abandon(batch)
             for key, flight, fut in claim.joined:
                 group._leave((loop, key), flight, fut)
@@ -498,6 +500,12 @@ class _AsyncCollector:
         pending.append((key, flight))
         if self.max_batch is not None and len(pending) >= self.max_batch:
             self.flush(group, loop, pending, store)
+
+    def drop(self, loop: asyncio.AbstractEventLoop, flight: Any) -> None:
+        """Take a miss whose callers have all gone out of its window (B7, S16)."""
+        pending = self.pending.get(loop)
+        if pending:
+            pending[:] = [pair for pair in pending if pair[1] is not flight]
 
     def flush(
         self,

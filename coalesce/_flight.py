@@ -1573,20 +1573,34 @@ class AsyncGroup(_Registry):
 
     def _leave(self, fkey: _FlightKey, flight: _AsyncFlight, fut: asyncio.Future[Any]) -> None:
         """A caller waiting on ``fut`` was cancelled: only its wait ends (S7)."""
+        if fut.done() and not fut.cancelled():
+            fut.exception()  # its failure is the flight's, not left for asyncio to log (O3)
         if flight.state != _RUNNING:
             return
         waiters = flight.waiters
         if waiters is None or waiters.pop(fut, _NOT_WAITING) is _NOT_WAITING:
             return
         flight.takers -= 1
-        if not waiters and flight.task is not None and not flight.background:
-            if flight.batch is not None:
-                self._batch_left(flight.batch)
-                return
-            # Every caller has gone: stop the execution, leave nothing in flight.
-            flight.discard = True
-            self._detach(fkey, flight)
-            flight.task.cancel()
+        if waiters or flight.background:
+            return
+        if flight.task is None:
+            if flight.work is None and flight.batch is None:
+                # A miss gathered by collect= whose batch has not started (B7): it
+                # leaves its window and the registry now; an emptied window calls
+                # no batch function.
+                flight.discard = True
+                flight.call = None
+                if self._collector is not None:
+                    self._collector.drop(fkey[0], flight)
+                self._wake(fkey, flight, False, asyncio.CancelledError())
+            return
+        if flight.batch is not None:
+            self._batch_left(flight.batch)
+            return
+        # Every caller has gone: stop the execution, leave nothing in flight.
+        flight.discard = True
+        self._detach(fkey, flight)
+        flight.task.cancel()
 
     # ------------------------------------------------------------ batches (section 9)
     #

@@ -10,11 +10,15 @@ wait is bounded (``WAIT``).
 
 from __future__ import annotations
 
+import asyncio
+import gc
+import logging
 from collections.abc import Mapping
 from typing import Any
 
 import pytest
-from test_batch import Calls, run_case
+from _core_support import WAIT
+from test_batch import DB, Calls, build, run_case, until
 
 from coalesce import singleflight
 
@@ -107,3 +111,115 @@ def test_b1_a_one_parameter_function_of_any_form(kind: str, form: str) -> None:
         assert (info.hits, info.misses, info.currsize) == (3, 4, 3)
 
     run_case(kind, body)
+
+
+# --------------------------------------------------------------------------- O3
+
+
+def _asyncio_errors(caplog: pytest.LogCaptureFixture) -> list[str]:
+    gc.collect()  # a future whose exception nobody read is reported when it is freed
+    return [r.getMessage() for r in caplog.records if r.name == "asyncio"]
+
+
+def test_o3_cancelled_batch_caller_after_a_chunk_failed(caplog: pytest.LogCaptureFixture) -> None:
+    """O3: a batch caller cancelled after one of its chunks failed leaves nothing for
+    asyncio's logger ("Future exception was never retrieved")."""
+    gate = asyncio.Event()
+    fetched: list[list[int]] = []
+
+    @singleflight(ttl=60)
+    async def user(i: int) -> int:
+        return i
+
+    @user.batch(max_batch=1)
+    async def users(ids: list[int]) -> Mapping[int, int]:
+        fetched.append(ids)
+        if ids == [2]:
+            raise ValueError("the chunk of id 2 failed")
+        await gate.wait()
+        return {i: i for i in ids}
+
+    async def body() -> None:
+        task = asyncio.ensure_future(users([1, 2]))
+        await until(lambda: user.cache_info().errors == 1, "the chunk of id 2 failed")
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        gate.set()
+        await until(lambda: user.cache_info().in_flight == 0, "the chunk of id 1 ended")
+
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        asyncio.run(asyncio.wait_for(body(), WAIT))
+        assert _asyncio_errors(caplog) == []
+    assert fetched == [[1], [2]]
+
+
+def test_o3_cancelled_batch_caller_after_a_joined_id_failed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """O3: a batch caller cancelled after an id it joined (an f(id) execution) failed
+    leaves nothing for asyncio's logger."""
+    gate, fail = asyncio.Event(), asyncio.Event()
+    running: set[int] = set()
+
+    @singleflight(ttl=60)
+    async def user(i: int) -> int:
+        running.add(i)
+        if i == 5:
+            await fail.wait()
+            raise KeyError(i)
+        await gate.wait()
+        return i
+
+    @user.batch()
+    async def users(ids: list[int]) -> Mapping[int, int]:
+        await gate.wait()
+        return {i: i for i in ids}
+
+    async def body() -> None:
+        five = asyncio.ensure_future(user(5))
+        six = asyncio.ensure_future(user(6))
+        await until(lambda: running == {5, 6}, "f(5) and f(6) running")
+        task = asyncio.ensure_future(users([6, 5]))
+        await until(lambda: user.cache_info().coalesced == 2, "the batch joined both")
+        fail.set()
+        with pytest.raises(KeyError):
+            await five
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        gate.set()
+        assert await asyncio.wait_for(six, WAIT) == 6
+
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        asyncio.run(asyncio.wait_for(body(), WAIT))
+        assert _asyncio_errors(caplog) == []
+
+
+# --------------------------------------------------------------------------- B7, S7
+
+
+def test_b7_gathered_misses_whose_callers_left_end_at_once() -> None:
+    """B7/S7: when every caller of a miss gathered by collect= has been cancelled, it is
+    in flight no more, and it leaves its window: the batch function never gets it."""
+    db = DB("async")
+    # The window closes when max_batch misses are in it, so the test waits on no clock.
+    user, _ = build("async", db, collect=WAIT, max_batch=3)
+
+    async def body() -> None:
+        gone = [asyncio.ensure_future(user(i)) for i in (1, 2)]
+        await until(lambda: user.cache_info().misses == 2, "two misses gathered")
+        assert user.cache_info().in_flight == 2
+        for task in gone:
+            task.cancel()
+        await asyncio.gather(*gone, return_exceptions=True)
+        info = user.cache_info()
+        assert (info.in_flight, info.currsize) == (0, 0)
+        assert db.batches == []
+        # The window, emptied, is filled by three new misses: one call, for them only.
+        values = await asyncio.gather(*(user(i) for i in (3, 4, 1)))
+        assert values == [db.row(i) for i in (3, 4, 1)]
+        assert db.batches == [[3, 4, 1]]
+        assert user.cache_info().in_flight == 0
+
+    asyncio.run(asyncio.wait_for(body(), WAIT))
