@@ -588,12 +588,12 @@ class _Collector:
         except BaseException:
             group._abort(key, flight)
             raise
-        if exc is not None:
-            raise exc
         found = outcome.get(key)
-        if found is not None:
+        if found is not None:  # its value, or its old one if the batch failed (F3)
             if not found[0]:
                 raise found[1]
             return found[1]
+        if exc is not None:
+            raise exc
         # B4: left out; this caller runs the function itself.
         return group._lead(key, flight, fn, args, kwargs, store)

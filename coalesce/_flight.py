@@ -417,6 +417,17 @@ def _batch_ended(stats: Stats, began: float, outcome: Any) -> None:
         timer(stats, _time.perf_counter() - began)
 
 
+def _rescued(store: Store | None, key: Hashable, exc: BaseException) -> Any:
+    """F3 for one key of a failed batch call, as for a failed single call: its old
+    result while within ``stale_if_error`` past its expiry, else ``MISSING``."""
+    if store is None or not isinstance(exc, Exception):
+        return MISSING
+    try:
+        return store.rescue(key)
+    except Exception:
+        return MISSING  # the key's __eq__ raised: no old result to serve
+
+
 def _consult(
     store: Store, stats: Stats, key: Hashable, flight: object | None, raises: bool = True
 ) -> tuple[Any, bool]:
@@ -1055,9 +1066,10 @@ class Group(_Registry):
             found = fn([key for key, _ in pairs])
         except Exception as exc:
             _batch_ended(stats, began, stats.errors)
-            self._batch_settle(pairs, store, None, exc, keep)
-            return {}, exc
+            outcome = self._batch_settle(pairs, store, None, exc, keep)
+            return outcome, (exc if len(outcome) < len(pairs) else None)  # F3: all served
         except BaseException:
+            _batch_ended(stats, began, stats.errors)  # counted as a single call's (S8)
             self._batch_settle(pairs, store, None, None, keep)  # S8: handed off
             raise
         _batch_ended(stats, began, stats.ok)
@@ -1075,11 +1087,18 @@ class Group(_Registry):
         outcome: dict[Hashable, tuple[bool, Any]] = {}
         for key, flight in pairs:
             if exc is not None:
-                # B5: the same exception to every caller of every key; nothing kept.
+                # B5: the same exception to every caller of every key; nothing kept;
+                # but a key's old result within stale_if_error is served (F3).
                 if store is not None:
                     _unmark(store, key)
-                flight.value = exc
-                flight.state = _FAILED
+                old = _rescued(store, key, exc)
+                if old is MISSING:
+                    flight.value = exc
+                    flight.state = _FAILED
+                else:
+                    outcome[key] = (True, old)
+                    flight.value = old
+                    flight.state = _DONE
                 with self._lock:
                     self._unlist(key, flight)
                     waiters = flight.lock
@@ -1109,6 +1128,8 @@ class Group(_Registry):
             next(stats.ended)
             if waiters is not None:
                 waiters.release()
+        if exc is not None and outcome and store is not None:
+            _log_failure(store, exc, True, False)
         return outcome
 
     def _batch_wait(self, key: Hashable, flight: _Flight, store: Store | None) -> tuple[bool, Any]:
@@ -1761,6 +1782,7 @@ class AsyncGroup(_Registry):
             _batch_ended(stats, batch.began, stats.errors)
         outcome: dict[Hashable, tuple[bool, Any]] = {}
         settled: list[tuple[Hashable, _AsyncFlight]] = []
+        failed = False  # a key got the batch's exception (not its old result, F3)
         if exc is None and isinstance(store, TTLStore) and store.saves_all:
             settled = self._batch_save(batch, store, found, outcome)
         for key, flight in batch.pairs:
@@ -1768,11 +1790,20 @@ class AsyncGroup(_Registry):
                 continue  # settled already (cancelled, or this ran twice)
             flight.batch = None
             if exc is not None:
-                # B5: the same exception to every caller of every key; nothing kept.
+                # B5: the same exception to every caller of every key; nothing kept;
+                # but a key's old result within stale_if_error is served (F3).
                 if store is not None:
                     _unmark(store, key)
-                flight.state = _CANCELLED if isinstance(exc, asyncio.CancelledError) else _FAILED
-                flight.value = exc
+                old = _rescued(store, key, exc)
+                if old is not MISSING:
+                    outcome[key] = (True, old)
+                    flight.state = _DONE
+                    flight.value = old
+                else:
+                    failed = True
+                    cancelled = isinstance(exc, asyncio.CancelledError)
+                    flight.state = _CANCELLED if cancelled else _FAILED
+                    flight.value = exc
                 settled.append((key, flight))
                 continue
             try:
@@ -1816,11 +1847,13 @@ class AsyncGroup(_Registry):
             settled.append((key, flight))
         if settled:
             self._wake_all(loop, settled)
+        if exc is not None and outcome and store is not None:
+            _log_failure(store, exc, True, False)
         done = batch.done
         batch.done = None
         batch.pairs = []
         if done is not None and not done.done():
-            if exc is None:
+            if exc is None or (outcome and not failed):  # F3: every key served
                 done.set_result(outcome)
             elif isinstance(exc, asyncio.CancelledError):
                 done.cancel()

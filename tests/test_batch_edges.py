@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from _core_support import WAIT
+from freezegun import freeze_time
 from test_batch import DB, Calls, build, run_case, until
 
 from coalesce import singleflight
@@ -223,3 +224,91 @@ def test_b7_gathered_misses_whose_callers_left_end_at_once() -> None:
         assert user.cache_info().in_flight == 0
 
     asyncio.run(asyncio.wait_for(body(), WAIT))
+
+
+# --------------------------------------------------------------------------- F3, S8
+
+
+def test_f3_a_failed_batch_serves_old_results_within_stale_if_error(
+    kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """F3: a failing batch fetch of expired ids serves each id's old result within
+    ttl + stale_if_error, as f(id) would; the failure is logged with f's name and
+    counted; an id with no old result makes the batch call raise (B5)."""
+    db = DB(kind)
+    with freeze_time("2026-03-01 12:00:00", real_asyncio=True) as clock:
+        user, users = build(kind, db, ttl=10, stale_if_error=20)
+
+        async def body(calls: Calls) -> None:
+            await calls.call(users, [1, 2])
+            clock.tick(15)
+            db.fail = RuntimeError("the database is down")
+            with caplog.at_level(logging.WARNING, logger="coalesce"):
+                assert await calls.call(users, [1, 2]) == {1: {"id": 1}, 2: {"id": 2}}
+            [record] = [r for r in caplog.records if r.name.startswith("coalesce")]
+            assert "user()" in record.getMessage()
+            assert record.exc_info is not None
+            assert record.exc_info[1] is db.fail
+            with pytest.raises(RuntimeError) as raised:
+                await calls.call(users, [1, 3])  # 3 has no old result
+            assert raised.value is db.fail
+            clock.tick(15.5)  # 30.5 s: past 10 + 20
+            with pytest.raises(RuntimeError):
+                await calls.call(users, [2])
+            assert db.singles == []
+            assert len(db.batches) == 4
+            info = user.cache_info()
+            assert (info.errors, info.in_flight) == (3, 0)
+
+        run_case(kind, body)
+
+
+def test_f3_gathered_misses_of_a_failed_batch_serve_old_results(kind: str) -> None:
+    """F3 with collect=: the misses of f gathered into a failing batch call each get their
+    old result within stale_if_error; one with no old result gets the error."""
+    db = DB(kind)
+    with freeze_time("2026-03-01 12:00:00", real_asyncio=True) as clock:
+        # The window closes when max_batch misses are in it, so the test waits on no clock.
+        user, _ = build(kind, db, ttl=10, stale_if_error=20, collect=WAIT, max_batch=3)
+
+        async def body(calls: Calls) -> None:
+            assert await asyncio.gather(*(calls.call(user, i) for i in (1, 2, 3))) == [
+                {"id": i} for i in (1, 2, 3)
+            ]
+            user.invalidate(3)
+            clock.tick(15)
+            db.fail = RuntimeError("the database is down")
+            started = [calls.start(user, i) for i in (1, 2, 3)]
+            done = await asyncio.wait_for(asyncio.gather(*started, return_exceptions=True), WAIT)
+            assert done == [{"id": 1}, {"id": 2}, db.fail]
+            assert len(db.batches) == 2
+            assert db.singles == []
+            assert user.cache_info().in_flight == 0
+
+        run_case(kind, body)
+
+
+def test_s8_an_abort_in_a_def_batch_counts_as_a_single_calls_abort() -> None:
+    """S8/S12: a KeyboardInterrupt out of a def batch function is counted in errors, as
+    one out of f itself is, and leaves nothing in flight."""
+    abort = False
+
+    @singleflight(ttl=60)
+    def user(i: int) -> int:
+        if abort:
+            raise KeyboardInterrupt
+        return i
+
+    @user.batch()
+    def users(ids: list[int]) -> Mapping[int, int]:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        users([1, 2])
+    info = user.cache_info()
+    assert (info.errors, info.in_flight) == (1, 0)
+    abort = True
+    with pytest.raises(KeyboardInterrupt):
+        user(3)
+    info = user.cache_info()
+    assert (info.errors, info.in_flight) == (2, 0)
