@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import pytest
-from _core_support import WAIT
+from _core_support import WAIT, Caller
 from freezegun import freeze_time
 from test_batch import DB, Calls, build, run_case, until
 
@@ -263,6 +263,29 @@ def test_f3_a_failed_batch_serves_old_results_within_stale_if_error(
         run_case(kind, body)
 
 
+def _framed(depth: int, fn: Any, *args: Any) -> Any:
+    """``fn(*args)`` called ``depth`` frames down: freezegun serves the real clock to code
+    called within five frames of a ``threading`` frame, so a thread's call of ``f``, whose
+    hit path is short, would not see the frozen clock."""
+    return _framed(depth - 1, fn, *args) if depth else fn(*args)
+
+
+def _concurrently(kind: str, fn: Any, ids: tuple[int, ...]) -> list[Any]:
+    """``fn(i)`` for each id at once, their values or exceptions: in Caller threads
+    (``def``) or as tasks of one loop (``async def``)."""
+    if kind == "sync":
+        callers = [Caller(_framed, 5, fn, i) for i in ids]
+        for caller in callers:
+            caller.start()
+        return [c.finish().error or c.value for c in callers]
+
+    async def gathered() -> list[Any]:
+        calls = asyncio.gather(*(fn(i) for i in ids), return_exceptions=True)
+        return await asyncio.wait_for(calls, WAIT)
+
+    return asyncio.run(gathered())
+
+
 def test_f3_gathered_misses_of_a_failed_batch_serve_old_results(kind: str) -> None:
     """F3 with collect=: the misses of f gathered into a failing batch call each get their
     old result within stale_if_error; one with no old result gets the error."""
@@ -270,22 +293,14 @@ def test_f3_gathered_misses_of_a_failed_batch_serve_old_results(kind: str) -> No
     with freeze_time("2026-03-01 12:00:00", real_asyncio=True) as clock:
         # The window closes when max_batch misses are in it, so the test waits on no clock.
         user, _ = build(kind, db, ttl=10, stale_if_error=20, collect=WAIT, max_batch=3)
-
-        async def body(calls: Calls) -> None:
-            assert await asyncio.gather(*(calls.call(user, i) for i in (1, 2, 3))) == [
-                {"id": i} for i in (1, 2, 3)
-            ]
-            user.invalidate(3)
-            clock.tick(15)
-            db.fail = RuntimeError("the database is down")
-            started = [calls.start(user, i) for i in (1, 2, 3)]
-            done = await asyncio.wait_for(asyncio.gather(*started, return_exceptions=True), WAIT)
-            assert done == [{"id": 1}, {"id": 2}, db.fail]
-            assert len(db.batches) == 2
-            assert db.singles == []
-            assert user.cache_info().in_flight == 0
-
-        run_case(kind, body)
+        assert _concurrently(kind, user, (1, 2, 3)) == [{"id": i} for i in (1, 2, 3)]
+        user.invalidate(3)
+        clock.tick(15)
+        db.fail = RuntimeError("the database is down")
+        assert _concurrently(kind, user, (1, 2, 3)) == [{"id": 1}, {"id": 2}, db.fail]
+        assert len(db.batches) == 2
+        assert db.singles == []
+        assert user.cache_info().in_flight == 0
 
 
 def test_s8_an_abort_in_a_def_batch_counts_as_a_single_calls_abort() -> None:
