@@ -126,6 +126,12 @@ class Fleet:
         )
         return bound.redis_key(day)
 
+    def __enter__(self) -> Fleet:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
         for worker in self.workers:
             if worker.process.is_alive():

@@ -35,11 +35,8 @@ def server(redis_target: RedisTarget) -> RedisTarget:
 @pytest.fixture
 def fleet(server: RedisTarget) -> Iterator[Fleet]:
     """Worker processes on that server, stopped after the test."""
-    made = Fleet(server)
-    try:
+    with Fleet(server) as made:
         yield made
-    finally:
-        made.close()
 
 
 @KINDS

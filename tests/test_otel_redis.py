@@ -165,11 +165,8 @@ TTL, STALE = 300.0, 600.0  # long: the test's own values never go stale while it
 
 @pytest.fixture
 def fleet(redis_server: RedisServer) -> Iterator[Fleet]:
-    made = Fleet(redis_server)
-    try:
+    with Fleet(redis_server) as made:
         yield made
-    finally:
-        made.close()
 
 
 @pytest.fixture

@@ -22,19 +22,10 @@ KINDS = pytest.mark.parametrize("is_async", [False, True], ids=["def", "async_de
 
 
 @pytest.fixture
-def server(redis_target: RedisTarget) -> RedisTarget:
-    """This run's target (conftest.py): a redis-server, the Redis Cluster, a valkey-server."""
-    return redis_target
-
-
-@pytest.fixture
-def fleet(server: RedisTarget) -> Iterator[Fleet]:
-    """Worker processes on that server, stopped after the test."""
-    made = Fleet(server)
-    try:
+def fleet(redis_target: RedisTarget) -> Iterator[Fleet]:
+    """Worker processes on this run's target (conftest.py), stopped after the test."""
+    with Fleet(redis_target) as made:
         yield made
-    finally:
-        made.close()
 
 
 @KINDS
@@ -59,7 +50,7 @@ def test_r8_a_local_copy_never_outlives_the_value_it_copies(fleet: Fleet, is_asy
 
 @KINDS
 def test_r8_a_local_copy_never_serves_a_value_as_fresh_once_it_is_stale_in_redis(
-    fleet: Fleet, server: RedisTarget, is_async: bool
+    fleet: Fleet, is_async: bool
 ) -> None:
     """R8 with stale= (R10): past the value's ttl no copy answers as fresh; each process gets
     the stale value from Redis, counted as stale, while ONE refresh runs in the fleet, and
@@ -77,7 +68,7 @@ def test_r8_a_local_copy_never_serves_a_value_as_fresh_once_it_is_stale_in_redis
     for worker in workers:
         worker.mode(hold=False)
         worker.send("release")
-    wait_until(lambda: stored(server, fleet, 2), "the refresh lands in Redis")
+    wait_until(lambda: stored(fleet.server, fleet, 2), "the refresh lands in Redis")
     assert [worker.call(1)["n"] for worker in workers] == [2, 2]
     assert fleet.executions == 2
     infos = [worker.info()[0] for worker in workers]
