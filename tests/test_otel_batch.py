@@ -38,6 +38,18 @@ def named(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
+def _one_execution(metrics: Metrics, name: str, user: Any, *, executed: int, outcome: str) -> None:
+    """The instruments equal cache_info(), ``executed`` ids were fetched, and by ONE
+    execution (one duration) that ended with ``outcome``."""
+    readings = metrics.read()
+    _matches_cache_info(readings, name, user)
+    assert readings.by("coalesce.calls", name, "coalesce.result")["executed"] == executed
+    outcomes = {"ok": 0, "error": 0, "cancelled": 0}
+    outcomes[outcome] = 1
+    assert readings.by("coalesce.executions", name, "coalesce.outcome") == outcomes
+    assert readings.durations(name) == 1
+
+
 def build_named(kind: str, db: DB, name: str) -> tuple[Any, Any]:
     """``user(user_id)`` named ``name``, and its batch function, over ``db``."""
     if kind == "sync":
@@ -130,15 +142,7 @@ def test_o1_collected_misses_are_one_execution(metrics: Metrics) -> None:
         return await asyncio.gather(*(user(i) for i in range(10)))
 
     assert asyncio.run(body()) == list(range(10))
-    readings = metrics.read()
-    _matches_cache_info(readings, name, user)
-    assert readings.by("coalesce.calls", name, "coalesce.result")["executed"] == 10
-    assert readings.by("coalesce.executions", name, "coalesce.outcome") == {
-        "ok": 1,
-        "error": 0,
-        "cancelled": 0,
-    }
-    assert readings.durations(name) == 1
+    _one_execution(metrics, name, user, executed=10, outcome="ok")
 
 
 def test_o1_a_cancelled_batch_is_one_cancelled_execution(metrics: Metrics) -> None:
@@ -170,12 +174,4 @@ def test_o1_a_cancelled_batch_is_one_cancelled_execution(metrics: Metrics) -> No
         await until(lambda: user.cache_info().in_flight == 0, "the batch to settle")
 
     asyncio.run(body())
-    readings = metrics.read()
-    _matches_cache_info(readings, name, user)
-    assert readings.by("coalesce.calls", name, "coalesce.result")["executed"] == 3
-    assert readings.by("coalesce.executions", name, "coalesce.outcome") == {
-        "ok": 0,
-        "error": 0,
-        "cancelled": 1,
-    }
-    assert readings.durations(name) == 1
+    _one_execution(metrics, name, user, executed=3, outcome="cancelled")
